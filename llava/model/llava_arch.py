@@ -1,0 +1,380 @@
+"""The multimodal half of LLaVA/M3, mixed into each language-model family.
+
+Data flow: pixels → vision tower → projector (`encode_images`, once per image whatever the
+budgets) → M3 pooling per crop → anyres merge (`visual_tokens`) → splice into the token
+embeddings (`prepare_multimodal_inputs`) → the language model. `forward` and `generate` take
+`matryoshka_vis_token_scale` per call: an int, or one scale per sample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from llava.model.anyres import count_anyres_tokens, merge_anyres_features
+from llava.model.config import LlavaMultimodalConfig
+from llava.model.matryoshka import parse_scales, pool_visual_tokens, validate_scale
+from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+from llava.model.multimodal_projector.builder import build_vision_projector
+from llava.model.splice import SplicedBatch, check_image_count, count_image_placeholders, splice_visual_tokens
+
+ImageInput = torch.Tensor | Sequence[torch.Tensor]
+ScaleArg = int | Sequence[int] | torch.Tensor | str | None
+
+
+@dataclass
+class EncodedImages:
+    """Projected features of every crop of every image, before any pooling.
+
+    Produced by `encode_images` and accepted wherever pixel `images` are, so one pass of the
+    vision tower can serve every budget (evaluation sweeps, the M3 training objective).
+    """
+
+    features: torch.Tensor
+    """(total crops, P, C): projector output per crop, P = grid side² (+1 with cls_patch)."""
+    crops_per_image: list[int]
+    stacked_crops: bool
+    """True when each image came as a stack of anyres crops (the NeXT merge applies)."""
+
+    def per_image(self) -> list[torch.Tensor]:
+        return list(self.features.split(self.crops_per_image))
+
+
+@dataclass
+class MatryoshkaCausalLMOutput(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` plus the loss at each budget of the M3 objective."""
+
+    scale_losses: dict[int, torch.Tensor] | None = None
+
+
+def _init_image_newline(model: nn.Module, module: nn.Module) -> None:
+    if isinstance(module, LlavaMetaModel) and module.image_newline is not None:
+        init.normal_(module.image_newline, mean=0.0, std=1 / math.sqrt(module.image_newline.shape[0]))
+
+
+class LlavaMetaModel:
+    """Adds the vision tower, projector and `image_newline` to a language model's base model."""
+
+    vision_tower: CLIPVisionTower | None
+    mm_projector: nn.Module | None
+    image_newline: nn.Parameter | None
+
+    def __init__(self, config: LlavaMultimodalConfig):
+        super().__init__(config)
+        self.vision_tower = None
+        self.mm_projector = None
+        self.image_newline = None
+        if config.mm_vision_tower is not None:
+            self.init_multimodal_modules(config)
+
+    def init_multimodal_modules(self, config: LlavaMultimodalConfig) -> None:
+        """Build tower, projector and newline from the config's `mm_*` fields (weights random)."""
+        tower = CLIPVisionTower(
+            config.mm_vision_tower,
+            config.mm_vision_select_layer,
+            config.mm_vision_select_feature,
+            config.mm_vision_config,
+        )
+        # Saved with the checkpoint, so it reloads without the tower's original folder.
+        config.mm_vision_config = tower.config.to_dict()
+        if config.mm_hidden_size is None:
+            config.mm_hidden_size = tower.hidden_size
+        self.vision_tower = tower
+        self.mm_projector = build_vision_projector(config.mm_projector_type, config.mm_hidden_size, config.hidden_size)
+        if config.mm_patch_merge_type == "spatial_unpad":
+            self.image_newline = nn.Parameter(torch.empty(config.hidden_size))
+            init.normal_(self.image_newline, std=1 / math.sqrt(config.hidden_size))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        _init_image_newline(self, module)
+
+
+class LlavaMetaForCausalLM:
+    """Multimodal `forward` / `generate` for a `*ForCausalLM` whose `.model` is a `LlavaMetaModel`."""
+
+    config: LlavaMultimodalConfig
+    model: LlavaMetaModel
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        _init_image_newline(self, module)
+
+    def get_model(self) -> LlavaMetaModel:
+        return self.model
+
+    def get_vision_tower(self) -> CLIPVisionTower | None:
+        return self.model.vision_tower
+
+    @property
+    def grid_side(self) -> int:
+        """Side of the square token grid one crop gives (24 for CLIP ViT-L/14 at 336 px)."""
+        tower = self._require_tower()
+        return tower.num_patches_per_side
+
+    def _require_tower(self) -> CLIPVisionTower:
+        tower = self.get_vision_tower()
+        if tower is None:
+            raise ValueError("this model has no vision tower (config.mm_vision_tower is None); it cannot take images")
+        return tower
+
+    # -- scales -----------------------------------------------------------------------------
+
+    def resolve_scales(self, scale: ScaleArg, num_samples: int) -> list[int]:
+        """One validated budget per sample: the call's int or list, else the config's default."""
+        grid = self.grid_side
+        if isinstance(scale, torch.Tensor):
+            scale = scale.tolist()
+        if scale is None:
+            default = self.config.default_scale
+            values = [grid * grid if default is None else default] * num_samples
+        else:
+            parsed = parse_scales(scale)
+            if parsed is None:
+                parsed = [self.config.default_scale or grid * grid]
+            if isinstance(scale, int) or isinstance(scale, str) and len(parsed) == 1:
+                values = parsed * num_samples
+            elif len(parsed) != num_samples:
+                raise ValueError(
+                    f"matryoshka_vis_token_scale lists {len(parsed)} scales {parsed} for a batch of {num_samples} "
+                    "samples; give one int for all or exactly one scale per sample"
+                )
+            else:
+                values = parsed
+        return [validate_scale(v, grid) for v in values]
+
+    def num_visual_tokens(self, scale: int, image_size: tuple[int, int] | None = None) -> int:
+        """Visual tokens one image costs at `scale`, as the splice will really insert them.
+
+        `image_size` is (width, height) and matters only for anyres checkpoints, where a square
+        image on a 2×2 grid with `spatial_unpad` costs s + 2√s·(2√s + 1) (576 → 2928, 9 → 51).
+        """
+        scale = validate_scale(scale, self.grid_side)
+        per_crop = scale + (1 if self.config.mm_vision_select_feature == "cls_patch" else 0)
+        if not self.config.is_anyres:
+            return per_crop
+        if image_size is None:
+            raise ValueError("anyres checkpoints need the image size (width, height) to count visual tokens")
+        return count_anyres_tokens(
+            per_crop,
+            image_size,
+            self.config.image_grid_pinpoints,
+            self._require_tower().image_size,
+            self.config.mm_patch_merge_type,
+        )
+
+    # -- images -----------------------------------------------------------------------------
+
+    def encode_images(self, images: ImageInput | EncodedImages) -> EncodedImages:
+        """Run the vision tower and projector once over every crop of every image.
+
+        Args:
+            images: (N, 3, H, W) one grid per image; (N, n, 3, H, W) or a list of (n_i, 3, H, W)
+                anyres crop stacks (base image first); or a list of (3, H, W).
+        """
+        if isinstance(images, EncodedImages):
+            return images
+        tower = self._require_tower()
+        if isinstance(images, torch.Tensor):
+            if images.ndim == 4:
+                crops, counts, stacked = images, [1] * images.shape[0], False
+            elif images.ndim == 5:
+                crops, counts, stacked = images.flatten(0, 1), [images.shape[1]] * images.shape[0], True
+            else:
+                raise ValueError(f"images must be (N, 3, H, W) or (N, crops, 3, H, W), got shape {tuple(images.shape)}")
+        else:
+            stacks = [img if img.ndim == 4 else img[None] for img in images]
+            stacked = any(img.ndim == 4 for img in images)
+            counts = [s.shape[0] for s in stacks]
+            crops = torch.cat(stacks) if stacks else torch.empty(0, 3, tower.image_size, tower.image_size)
+        expected = (3, tower.image_size, tower.image_size)
+        if crops.shape[0] and tuple(crops.shape[1:]) != expected:
+            raise ValueError(f"image crops must have shape {expected} for this vision tower, got {tuple(crops.shape[1:])}")
+        features = self.model.mm_projector(tower(crops))
+        return EncodedImages(features, counts, stacked)
+
+    def visual_tokens(
+        self, encoded: EncodedImages, scales: Sequence[int], image_sizes: Sequence[tuple[int, int]] | None
+    ) -> list[torch.Tensor]:
+        """Pool every crop of image i to `scales[i]` tokens and lay the crops out: (T_i, C) per image."""
+        if len(scales) != len(encoded.crops_per_image):
+            raise ValueError(f"{len(scales)} scales for {len(encoded.crops_per_image)} images")
+        crop_scale = torch.tensor(scales).repeat_interleave(torch.tensor(encoded.crops_per_image))
+        has_cls = self.config.mm_vision_select_feature == "cls_patch"
+        pooled: list[torch.Tensor | None] = [None] * encoded.features.shape[0]
+        for scale in dict.fromkeys(scales):  # one pooling call per distinct budget
+            index = (crop_scale == scale).nonzero().flatten()
+            feats = encoded.features[index]
+            grid = pool_visual_tokens(feats[:, 1:] if has_cls else feats, scale)
+            grid = torch.cat([feats[:, :1], grid], dim=1) if has_cls else grid
+            for i, g in zip(index.tolist(), grid.unbind(0)):
+                pooled[i] = g
+        per_image = torch.stack(pooled).split(encoded.crops_per_image) if pooled else []
+        if not (encoded.stacked_crops and self.config.is_anyres):
+            return [crops.flatten(0, 1) for crops in per_image]
+        if image_sizes is None or len(image_sizes) != len(per_image):
+            raise ValueError(
+                f"anyres images need image_sizes, one (width, height) per image: got "
+                f"{None if image_sizes is None else len(image_sizes)} for {len(per_image)} images"
+            )
+        tower = self._require_tower()
+        return [
+            merge_anyres_features(
+                crops,
+                tuple(int(v) for v in size),
+                self.config.image_grid_pinpoints,
+                tower.image_size,
+                self.config.mm_patch_merge_type,
+                self.model.image_newline,
+            )
+            for crops, size in zip(per_image, image_sizes)
+        ]
+
+    def prepare_multimodal_inputs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        images: ImageInput | EncodedImages | None,
+        image_sizes: Sequence[tuple[int, int]] | None,
+        scale: ScaleArg,
+        padding_side: str | None = None,
+    ) -> SplicedBatch:
+        """Token ids with `<image>` placeholders → the language model's input embeddings."""
+        placeholders = count_image_placeholders(input_ids, attention_mask)
+        text_embeds = self.get_input_embeddings()(input_ids.clamp(min=0))
+        features: list[torch.Tensor] = []
+        if images is not None or sum(placeholders):
+            if images is None:
+                raise ValueError(
+                    f"the prompt has {sum(placeholders)} <image> placeholder(s) but no images were given"
+                )
+            encoded = self.encode_images(images)
+            sample_scales = self.resolve_scales(scale, input_ids.shape[0])
+            num_images = len(encoded.crops_per_image)
+            check_image_count(placeholders, num_images)
+            owner = torch.arange(len(placeholders)).repeat_interleave(torch.tensor(placeholders, dtype=torch.long))
+            features = self.visual_tokens(encoded, [sample_scales[i] for i in owner.tolist()], image_sizes)
+        max_length = self.config.tokenizer_model_max_length if labels is not None else None
+        return splice_visual_tokens(
+            input_ids,
+            attention_mask,
+            labels,
+            text_embeds,
+            [f.to(text_embeds.dtype) for f in features],
+            padding_side or self.config.tokenizer_padding_side,
+            max_length,
+        )
+
+    # -- forward / generate -----------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        images: ImageInput | EncodedImages | None = None,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
+        matryoshka_vis_token_scale: ScaleArg = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Language-model forward with images spliced in at `matryoshka_vis_token_scale`.
+
+        In training mode with labels, no per-call scale and a list of scales in the config, the
+        loss is the M3 objective (see `matryoshka_forward`).
+        """
+        if inputs_embeds is None and input_ids is not None and self.get_vision_tower() is not None:
+            scales = self.config.training_scales
+            if self.training and labels is not None and matryoshka_vis_token_scale is None and scales:
+                return self.matryoshka_forward(input_ids, attention_mask, labels, images, image_sizes, **kwargs)
+            if images is not None or bool((input_ids < 0).any()):
+                batch = self.prepare_multimodal_inputs(
+                    input_ids, attention_mask, labels, images, image_sizes, matryoshka_vis_token_scale
+                )
+                input_ids, inputs_embeds, attention_mask, labels = None, batch.inputs_embeds, batch.attention_mask, batch.labels
+                position_ids = batch.position_ids
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            **kwargs,
+        )
+
+    def matryoshka_forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor,
+        images: ImageInput | EncodedImages | None,
+        image_sizes: Sequence[tuple[int, int]] | None,
+        scales: Sequence[int] | None = None,
+        **kwargs,
+    ) -> MatryoshkaCausalLMOutput:
+        """The M3 objective: the (weighted) mean over budgets of the language-model loss.
+
+        The vision tower and projector run once; each budget pools that one result.
+        """
+        scales = list(scales or self.config.training_scales or [self.grid_side**2])
+        weights = self.config.matryoshka_scale_weights if scales == self.config.training_scales else None
+        weights = [float(w) for w in weights] if weights else [1.0] * len(scales)
+        encoded = None if images is None else self.encode_images(images)
+        losses: dict[int, torch.Tensor] = {}
+        output = None
+        for scale in scales:
+            batch = self.prepare_multimodal_inputs(input_ids, attention_mask, labels, encoded, image_sizes, scale)
+            output = super().forward(
+                inputs_embeds=batch.inputs_embeds,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                labels=batch.labels,
+                **kwargs,
+            )
+            losses[scale] = output.loss
+        loss = sum(w * losses[s] for s, w in zip(scales, weights)) / sum(weights)
+        return MatryoshkaCausalLMOutput(loss=loss, logits=output.logits, scale_losses=losses)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        images: ImageInput | EncodedImages | None = None,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
+        matryoshka_vis_token_scale: ScaleArg = None,
+        **kwargs,
+    ) -> torch.LongTensor:
+        """Generate after the prompt; returns only the new tokens, as LLaVA does.
+
+        `inputs` may be left-padded with an `attention_mask`. The image is encoded once, before
+        the first step; later steps reuse the KV cache.
+        """
+        if "inputs_embeds" in kwargs:
+            raise ValueError("pass input_ids (with <image> placeholders) and images, not inputs_embeds")
+        input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
+        if input_ids is None:
+            raise ValueError("generate needs input_ids")
+        attention_mask = kwargs.pop("attention_mask", None)
+        kwargs.pop("position_ids", None)
+        if self.get_vision_tower() is None:
+            batch = splice_visual_tokens(
+                input_ids, attention_mask, None, self.get_input_embeddings()(input_ids), [], "left"
+            )
+        else:
+            batch = self.prepare_multimodal_inputs(
+                input_ids, attention_mask, None, images, image_sizes, matryoshka_vis_token_scale, padding_side="left"
+            )
+        return super().generate(
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            **kwargs,
+        )

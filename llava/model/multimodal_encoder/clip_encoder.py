@@ -1,0 +1,92 @@
+"""The CLIP vision tower: pixels in, the patch features of one hidden layer out."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+logger = logging.getLogger(__name__)
+
+
+class CLIPVisionTower(nn.Module):
+    """Wraps `CLIPVisionModel` under the attribute name the released checkpoints use.
+
+    Weights live at `vision_tower.vision_model.*` (the layout of CLIP checkpoints before
+    transformers 5 flattened `CLIPVisionModel`), so inside a LLaVA model they are named
+    `model.vision_tower.vision_tower.vision_model.*` as in LLaVA/M3 checkpoints. The module is
+    built from a config only; `load_pretrained_weights` fills it from `mm_vision_tower` when the
+    checkpoint does not carry the tower itself.
+    """
+
+    def __init__(self, tower_name: str, select_layer: int, select_feature: str, vision_config: dict | None = None):
+        super().__init__()
+        self.tower_name = tower_name
+        self.select_layer = select_layer
+        self.select_feature = select_feature
+        if vision_config is not None:
+            config = CLIPVisionConfig(**{k: v for k, v in vision_config.items() if k != "model_type"})
+        else:
+            config = load_clip_vision_config(tower_name)
+        self.vision_tower = nn.Module()
+        self.vision_tower.vision_model = CLIPVisionModel(config)
+
+    @property
+    def clip(self) -> CLIPVisionModel:
+        return self.vision_tower.vision_model
+
+    @property
+    def config(self) -> CLIPVisionConfig:
+        return self.clip.config
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def num_patches_per_side(self) -> int:
+        return self.config.image_size // self.config.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.num_patches_per_side**2
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) pixels → (N, P, C) features of `select_layer` (P = patches, +1 for cls_patch).
+
+        Gradients flow when the caller wants them: freezing is done with `requires_grad`, never
+        with `no_grad` here (the original's `no_grad` made `unfreeze_mm_vision_tower` a no-op).
+        """
+        weight = self.clip.embeddings.patch_embedding.weight
+        outputs = self.clip(pixel_values=pixel_values.to(weight.device, weight.dtype), output_hidden_states=True)
+        features = outputs.hidden_states[self.select_layer]
+        if self.select_feature == "patch":
+            return features[:, 1:]
+        return features
+
+    def load_pretrained_weights(self) -> None:
+        """Copy the weights of the CLIP model at `tower_name` into this tower."""
+        pretrained = CLIPVisionModel.from_pretrained(self.tower_name, dtype=torch.float32)
+        param = next(self.clip.parameters())
+        missing, _ = self.clip.load_state_dict(pretrained.state_dict(), strict=False)
+        if missing:
+            raise ValueError(f"vision tower {self.tower_name!r} lacks weights {missing[:5]}")
+        self.clip.to(device=param.device, dtype=param.dtype)
+        logger.info("loaded vision tower weights from %s", self.tower_name)
+
+
+def load_clip_vision_config(tower_name: str) -> CLIPVisionConfig:
+    """Read a CLIP vision config from a local folder or hub id (a full CLIP config works too)."""
+    try:
+        return CLIPVisionConfig.from_pretrained(tower_name)
+    except OSError as err:
+        raise OSError(
+            f"cannot read the vision tower config from mm_vision_tower={tower_name!r}: {err}. "
+            "Point mm_vision_tower at a local CLIP folder, or use a checkpoint that stores mm_vision_config."
+        ) from err

@@ -1,0 +1,139 @@
+"""Tiny random LLaVA/M3 checkpoints in the real on-disk format, for tests, benchmarks and demos.
+
+Everything is built offline in well under a second: a CLIP vision tower whose patch grid is 24×24
+(as CLIP ViT-L/14 at 336 px, but 48 px images with 2 px patches), a byte-level BPE tokenizer and a
+small Llama. Checkpoints are written with `save_pretrained`, so loading them exercises the same
+code as a released checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerFast
+
+from llava.model import LLAVA_MODEL_CLASSES
+
+TINY_CORPUS = (
+    "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the human's questions. USER: ASSISTANT: What is in the image? Describe "
+    "the picture. There is a red circle, a blue square and a green triangle on a white background. yes no "
+    "left right one two three four five six how many colour color shape small large "
+)
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
+ANYRES_PINPOINTS = [[96, 48], [48, 96], [96, 96], [144, 48], [48, 144]]
+
+
+def build_tiny_tokenizer(out_dir: str | Path | None = None, corpus: str = TINY_CORPUS) -> PreTrainedTokenizerFast:
+    """A Llama-style tokenizer (BOS added, `</s>` EOS) that can encode any text, byte-level BPE."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([corpus], trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        padding_side="right",
+        model_max_length=2048,
+    )
+    if out_dir is not None:
+        tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
+def build_tiny_clip(out_dir: str | Path, image_size: int = 48, patch_size: int = 2, seed: int = 0) -> Path:
+    """A random CLIP vision tower with a (image_size/patch_size)² grid, saved with its image processor."""
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=32,
+    )
+    CLIPVisionModel(config).save_pretrained(out_dir)
+    tiny_image_processor(image_size).save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def tiny_image_processor(image_size: int = 48) -> CLIPImageProcessor:
+    return CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True,
+    )
+
+
+def tiny_llava_config(vision_tower: str | Path, vocab_size: int, model_type: str = "llava_llama", **overrides: Any):
+    """Config of a 2-layer LLaVA/M3 model; `overrides` set any field (e.g. image_aspect_ratio)."""
+    config_cls, _ = LLAVA_MODEL_CLASSES[model_type]
+    fields: dict[str, Any] = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        mm_vision_tower=str(vision_tower),
+        mm_projector_type="mlp2x_gelu",
+        mm_vision_select_layer=-2,
+        mm_vision_select_feature="patch",
+        image_aspect_ratio="pad",
+        mm_patch_merge_type="flat",
+        mm_use_im_start_end=False,
+        mm_use_im_patch_token=False,
+        tie_word_embeddings=False,
+    )
+    fields.update(overrides)
+    return config_cls(**fields)
+
+
+def build_tiny_llava(
+    out_dir: str | Path,
+    vision_tower: str | Path | None = None,
+    seed: int = 0,
+    save_vision_tower: bool = True,
+    model_type: str = "llava_llama",
+    **overrides: Any,
+) -> Path:
+    """Write a complete tiny LLaVA/M3 checkpoint (config, safetensors, tokenizer, image processor).
+
+    `vision_tower` defaults to a tiny CLIP written to `out_dir/../<name>-clip`. With
+    `save_vision_tower=False` the tower's weights are left out, as in released checkpoints whose
+    tower was frozen; loading then fetches them from `mm_vision_tower`.
+    """
+    out_dir = Path(out_dir)
+    if vision_tower is None:
+        vision_tower = build_tiny_clip(out_dir.parent / f"{out_dir.name}-clip", seed=seed)
+    tokenizer = build_tiny_tokenizer(out_dir)
+    config = tiny_llava_config(vision_tower, len(tokenizer), model_type=model_type, **overrides)
+    _, model_cls = LLAVA_MODEL_CLASSES[model_type]
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    model.get_vision_tower().load_pretrained_weights()
+    state = model.state_dict()
+    if not save_vision_tower:
+        state = {k: v for k, v in state.items() if ".vision_tower." not in k}
+        model.config.mm_vision_config = None
+    model.save_pretrained(out_dir, state_dict=state)
+    tiny_image_processor(model.get_vision_tower().image_size).save_pretrained(out_dir)
+    return out_dir
