@@ -1,0 +1,31 @@
+# Development entry points. `make test` is what CI runs (see .ci/run).
+#
+# torch is installed first, pinned, so pip takes the CPU wheel that lies on the machine's disk
+# instead of resolving `torch>=2.4` to a multi-GB CUDA build. Override TORCH_SPEC for another build.
+
+PYTHON ?= python3
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+# The stamp is named after pyproject.toml's content, so editing dependencies triggers a reinstall
+# and an unchanged file skips it.
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+
+.PHONY: install test lint
+
+install: $(STAMP)
+
+$(STAMP):
+	test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install --upgrade pip
+	$(VENV_PY) -c "import torch" 2>/dev/null || $(VENV_PY) -m pip install "$(TORCH_SPEC)"
+	$(VENV_PY) -m pip install -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: install
+	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV_PY) -m ruff check .
