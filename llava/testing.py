@@ -39,7 +39,9 @@ def build_tiny_tokenizer(out_dir: str | Path | None = None, corpus: str = TINY_C
         show_progress=False,
     )
     tok.train_from_iterator([corpus], trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",

@@ -33,7 +33,9 @@ def parse_grid_pinpoints(pinpoints: str | Sequence[Sequence[int]], patch_size: i
         try:
             pinpoints = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            raise ValueError(f"cannot read image_grid_pinpoints {pinpoints!r}; expected a list of (width, height)") from None
+            raise ValueError(
+                f"cannot read image_grid_pinpoints {pinpoints!r}; expected a list of (width, height)"
+            ) from None
     result = []
     for pair in pinpoints:
         if len(pair) != 2 or any(int(v) <= 0 for v in pair):

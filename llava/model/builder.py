@@ -23,7 +23,7 @@ from llava.model import LLAVA_MODEL_CLASSES
 logger = logging.getLogger(__name__)
 
 # Modules kept in full precision under bitsandbytes quantisation (as LLaVA does).
-QUANT_SKIP_MODULES = ["mm_projector", "vision_tower", "lm_head"]
+QUANT_SKIP_MODULES = ["model.mm_projector", "model.vision_tower", "lm_head"]
 
 
 def load_pretrained_model(
@@ -81,22 +81,18 @@ def load_pretrained_model(
 
     model_cls = LLAVA_MODEL_CLASSES[config.model_type][1]
     path = Path(model_path)
-    if model_base is None:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        model, info = model_cls.from_pretrained(model_path, output_loading_info=True, **load_kwargs)
-    elif (path / "adapter_config.json").exists():
-        tokenizer = AutoTokenizer.from_pretrained(model_base)
-        model, info = model_cls.from_pretrained(model_base, config=config, output_loading_info=True, **load_kwargs)
-        _load_extra_weights(model, path / "non_lora_trainables.bin")
-        model = _merge_lora(model, model_path)
-    else:
-        # Projector-only checkpoint (pretraining stage): base LLM + this folder's mm_projector.bin.
-        tokenizer = AutoTokenizer.from_pretrained(model_base)
-        model, info = model_cls.from_pretrained(model_base, config=config, output_loading_info=True, **load_kwargs)
-        _load_extra_weights(model, path / "mm_projector.bin")
-
+    tokenizer = AutoTokenizer.from_pretrained(model_base or model_path)
+    weights_from = model_base or model_path
+    model, info = model_cls.from_pretrained(weights_from, config=config, output_loading_info=True, **load_kwargs)
+    # Before any adapter is merged: LoRA may also have touched the tower.
     if any(".vision_tower." in key for key in info["missing_keys"]):
         model.get_vision_tower().load_pretrained_weights()
+    if model_base is not None and (path / "adapter_config.json").exists():
+        _load_extra_weights(model, path / "non_lora_trainables.bin")
+        model = _merge_lora(model, model_path)
+    elif model_base is not None:
+        # Projector-only checkpoint (pretraining stage): base LLM + this folder's mm_projector.bin.
+        _load_extra_weights(model, path / "mm_projector.bin")
     _add_image_tokens(tokenizer, model)
     image_processor = _load_image_processor(model_path, model.config.mm_vision_tower)
     model.eval()

@@ -60,9 +60,7 @@ class LlavaMultimodalConfig:
             )
         aspect = self.image_aspect_ratio
         if aspect is not None and aspect not in ASPECT_RATIOS and not re.fullmatch(r"anyres_max_\d+", aspect):
-            raise ValueError(
-                f"image_aspect_ratio={aspect!r} is not one of {list(ASPECT_RATIOS)} or 'anyres_max_N'"
-            )
+            raise ValueError(f"image_aspect_ratio={aspect!r} is not one of {list(ASPECT_RATIOS)} or 'anyres_max_N'")
         if self.mm_patch_merge_type not in MERGE_TYPES:
             raise ValueError(f"mm_patch_merge_type={self.mm_patch_merge_type!r} is not one of {list(MERGE_TYPES)}")
         if self.mm_vision_select_feature == "cls_patch" and self.mm_patch_merge_type != "flat":
@@ -89,8 +87,10 @@ class LlavaMultimodalConfig:
                     f"{len(self.matryoshka_vis_token_scale)} scales {self.matryoshka_vis_token_scale}"
                 )
             if any(float(w) < 0 for w in self.matryoshka_scale_weights) or sum(self.matryoshka_scale_weights) <= 0:
-                raise ValueError(f"matryoshka_scale_weights must be non-negative with a positive sum, got "
-                                 f"{self.matryoshka_scale_weights}")
+                raise ValueError(
+                    f"matryoshka_scale_weights must be non-negative with a positive sum, got "
+                    f"{self.matryoshka_scale_weights}"
+                )
 
     @property
     def is_anyres(self) -> bool:

@@ -8,6 +8,7 @@ embeddings (`prepare_multimodal_inputs`) → the language model. `forward` and `
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -195,7 +196,9 @@ class LlavaMetaForCausalLM:
             crops = torch.cat(stacks) if stacks else torch.empty(0, 3, tower.image_size, tower.image_size)
         expected = (3, tower.image_size, tower.image_size)
         if crops.shape[0] and tuple(crops.shape[1:]) != expected:
-            raise ValueError(f"image crops must have shape {expected} for this vision tower, got {tuple(crops.shape[1:])}")
+            raise ValueError(
+                f"image crops must have shape {expected} for this vision tower, got {tuple(crops.shape[1:])}"
+            )
         features = self.model.mm_projector(tower(crops))
         return EncodedImages(features, counts, stacked)
 
@@ -215,7 +218,8 @@ class LlavaMetaForCausalLM:
             grid = torch.cat([feats[:, :1], grid], dim=1) if has_cls else grid
             for i, g in zip(index.tolist(), grid.unbind(0)):
                 pooled[i] = g
-        per_image = torch.stack(pooled).split(encoded.crops_per_image) if pooled else []
+        bounds = [0, *itertools.accumulate(encoded.crops_per_image)]
+        per_image = [torch.stack(pooled[start:end]) for start, end in itertools.pairwise(bounds)]
         if not (encoded.stacked_crops and self.config.is_anyres):
             return [crops.flatten(0, 1) for crops in per_image]
         if image_sizes is None or len(image_sizes) != len(per_image):
@@ -252,9 +256,7 @@ class LlavaMetaForCausalLM:
         features: list[torch.Tensor] = []
         if images is not None or sum(placeholders):
             if images is None:
-                raise ValueError(
-                    f"the prompt has {sum(placeholders)} <image> placeholder(s) but no images were given"
-                )
+                raise ValueError(f"the prompt has {sum(placeholders)} <image> placeholder(s) but no images were given")
             encoded = self.encode_images(images)
             sample_scales = self.resolve_scales(scale, input_ids.shape[0])
             num_images = len(encoded.crops_per_image)
@@ -299,7 +301,12 @@ class LlavaMetaForCausalLM:
                 batch = self.prepare_multimodal_inputs(
                     input_ids, attention_mask, labels, images, image_sizes, matryoshka_vis_token_scale
                 )
-                input_ids, inputs_embeds, attention_mask, labels = None, batch.inputs_embeds, batch.attention_mask, batch.labels
+                input_ids, inputs_embeds, attention_mask, labels = (
+                    None,
+                    batch.inputs_embeds,
+                    batch.attention_mask,
+                    batch.labels,
+                )
                 position_ids = batch.position_ids
         return super().forward(
             input_ids=input_ids,
