@@ -20,7 +20,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import StoppingCriteria
 
-from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_TOKEN,
+    IMAGE_PLACEHOLDER,
+    IMAGE_TOKEN_INDEX,
+)
 from llava.model.anyres import parse_grid_pinpoints, select_best_resolution
 
 logger = logging.getLogger(__name__)
@@ -244,3 +250,22 @@ class KeywordsStoppingCriteria(StoppingCriteria):
         new_ids = input_ids[:, self._prompt_len :]
         done = [self._row_done(row) for row in new_ids]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def format_image_query(query: str, num_images: int, mm_use_im_start_end: bool = False) -> str:
+    """Put the image markers into a user query, as LLaVA's run_llava does.
+
+    Each `<image-placeholder>` in the query becomes an image marker; without any, one marker per
+    image is put before the query, each on its own line. With `mm_use_im_start_end` the marker
+    is wrapped in `<im_start>`/`<im_end>`.
+    """
+    marker = (
+        DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+        if mm_use_im_start_end
+        else DEFAULT_IMAGE_TOKEN
+    )
+    if IMAGE_PLACEHOLDER in query:
+        return query.replace(IMAGE_PLACEHOLDER, marker)
+    if DEFAULT_IMAGE_TOKEN in query:
+        return query.replace(DEFAULT_IMAGE_TOKEN, marker)
+    return (marker + "\n") * num_images + query
