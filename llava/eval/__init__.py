@@ -1,0 +1,1 @@
+"""Evaluation: answer generation per benchmark and the scorers in `llava.eval.scoring`."""
