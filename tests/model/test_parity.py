@@ -4,52 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlavaConfig as HFLlavaConfig
-from transformers import LlavaForConditionalGeneration, LlavaNextConfig, LlavaNextForConditionalGeneration
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.builder import load_pretrained_model
+from llava.model.convert_hf import to_hf_llava
 
 HF_IMAGE_TOKEN = 0  # <unk>: never produced by the text below, so it can stand for the image
-
-
-def hf_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Rename an M3 state dict to transformers' Llava/LlavaNext layout."""
-    renames = [
-        ("model.vision_tower.vision_tower.vision_model.", "model.vision_tower."),
-        ("model.mm_projector.0.", "model.multi_modal_projector.linear_1."),
-        ("model.mm_projector.2.", "model.multi_modal_projector.linear_2."),
-        ("model.image_newline", "model.image_newline"),
-        ("model.", "model.language_model."),
-    ]
-    out = {}
-    for key, value in model.state_dict().items():
-        for old, new in renames:
-            if key.startswith(old):
-                key = new + key[len(old) :]
-                break
-        out[key] = value
-    return out
-
-
-def hf_config_kwargs(model: torch.nn.Module) -> dict:
-    text = model.config.to_dict()
-    text = {k: v for k, v in text.items() if not k.startswith(("mm_", "matryoshka", "image_", "tokenizer_"))}
-    text["model_type"] = "llama"
-    return dict(
-        vision_config=model.get_vision_tower().config.to_dict(),
-        text_config=text,
-        image_token_index=HF_IMAGE_TOKEN,
-        vision_feature_layer=model.config.mm_vision_select_layer,
-        vision_feature_select_strategy="default",
-        projector_hidden_act="gelu",
-    )
-
-
-def load_into(hf_model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    missing, unexpected = hf_model.load_state_dict(state, strict=False)
-    assert not unexpected, unexpected
-    assert not [k for k in missing if "rotary" not in k], missing
 
 
 def prompt_ids(tokenizer) -> tuple[list[int], list[int]]:
@@ -60,8 +20,8 @@ def prompt_ids(tokenizer) -> tuple[list[int], list[int]]:
 
 def test_pad_checkpoint_matches_transformers_llava(tiny_llava_pad):
     tokenizer, model, _, _ = load_pretrained_model(str(tiny_llava_pad), None, "llava-v1.5-tiny-m3", device="cpu")
-    hf = LlavaForConditionalGeneration(HFLlavaConfig(**hf_config_kwargs(model))).eval()
-    load_into(hf, hf_state_dict(model))
+    hf = to_hf_llava(model, HF_IMAGE_TOKEN)
+    assert type(hf).__name__ == "LlavaForConditionalGeneration"
     before, after = prompt_ids(tokenizer)
     torch.manual_seed(0)
     pixels = torch.randn(1, 3, 48, 48)
@@ -76,12 +36,8 @@ def test_pad_checkpoint_matches_transformers_llava(tiny_llava_pad):
 @pytest.mark.parametrize("image_size", [(96, 48), (60, 100), (48, 48)])
 def test_anyres_checkpoint_matches_transformers_llava_next(tiny_llava_anyres, image_size):
     tokenizer, model, _, _ = load_pretrained_model(str(tiny_llava_anyres), None, "llava-next-tiny", device="cpu")
-    # transformers counts sizes as (height, width); LLaVA as (width, height).
-    pinpoints_hw = [[h, w] for w, h in model.config.image_grid_pinpoints]
-    hf = LlavaNextForConditionalGeneration(
-        LlavaNextConfig(image_grid_pinpoints=pinpoints_hw, **hf_config_kwargs(model))
-    ).eval()
-    load_into(hf, hf_state_dict(model))
+    hf = to_hf_llava(model, HF_IMAGE_TOKEN)
+    assert type(hf).__name__ == "LlavaNextForConditionalGeneration"
     from llava.model.anyres import anyres_grid_shape
 
     cols, rows = anyres_grid_shape(image_size, model.config.image_grid_pinpoints, 48)

@@ -60,15 +60,28 @@ class CLIPVisionTower(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) pixels → (N, P, C) features of `select_layer` (P = patches, +1 for cls_patch).
 
-        Gradients flow when the caller wants them: freezing is done with `requires_grad`, never
-        with `no_grad` here (the original's `no_grad` made `unfreeze_mm_vision_tower` a no-op).
+        Only the layers up to `select_layer` run (LLaVA reads the second-to-last, so the last
+        layer's work would be thrown away). Gradients flow when the caller wants them: freezing is
+        done with `requires_grad`, never with `no_grad` here (the original's `no_grad` made
+        `unfreeze_mm_vision_tower` a no-op).
         """
-        weight = self.clip.embeddings.patch_embedding.weight
-        outputs = self.clip(pixel_values=pixel_values.to(weight.device, weight.dtype), output_hidden_states=True)
-        features = outputs.hidden_states[self.select_layer]
+        clip = self.clip
+        weight = clip.embeddings.patch_embedding.weight
+        hidden = clip.pre_layrnorm(clip.embeddings(pixel_values.to(weight.device, weight.dtype)))
+        for layer in clip.encoder.layers[: self.layers_needed]:
+            hidden = layer(hidden, None)
         if self.select_feature == "patch":
-            return features[:, 1:]
-        return features
+            return hidden[:, 1:]
+        return hidden
+
+    @property
+    def layers_needed(self) -> int:
+        """Encoder layers before `select_layer` (hidden state 0 is the embeddings, as in transformers)."""
+        num_layers = len(self.clip.encoder.layers)
+        index = self.select_layer if self.select_layer >= 0 else num_layers + 1 + self.select_layer
+        if not 0 <= index <= num_layers:
+            raise ValueError(f"mm_vision_select_layer={self.select_layer} is outside a {num_layers}-layer tower")
+        return index
 
     def load_pretrained_weights(self) -> None:
         """Copy the weights of the CLIP model at `tower_name` into this tower."""
