@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,11 @@ def print_metrics(title: str, metrics: Mapping[str, Any]) -> None:
     for name, value in metrics.items():
         shown = f"{value:.2f}" if isinstance(value, float) else value
         print(f"  {name}: {shown}")
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run a scorer's `main` as a command: bad input ends with its one-line message, not a traceback."""
+    try:
+        main()
+    except ScoringError as e:
+        sys.exit(f"error: {e}")

@@ -36,6 +36,7 @@ from llava.eval.scoring.common import (
     read_answers,
     read_json,
     read_jsonl,
+    run_cli,
     write_outputs,
 )
 from llava.eval.scoring.judge import Judge, openai_judge
@@ -185,4 +186,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

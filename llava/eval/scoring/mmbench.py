@@ -43,6 +43,7 @@ from llava.eval.scoring.common import (
     percent,
     print_metrics,
     read_answers,
+    run_cli,
     write_outputs,
 )
 
@@ -267,4 +268,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llava.eval.scoring.common import ScoringError, print_metrics, read_answers, write_outputs
+from llava.eval.scoring.common import ScoringError, print_metrics, read_answers, run_cli, write_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -261,4 +261,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

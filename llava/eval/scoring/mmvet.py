@@ -30,6 +30,7 @@ from llava.eval.scoring.common import (
     print_metrics,
     read_answers,
     read_json,
+    run_cli,
     write_json,
     write_outputs,
 )
@@ -128,4 +129,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

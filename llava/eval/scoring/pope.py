@@ -34,6 +34,7 @@ from llava.eval.scoring.common import (
     print_metrics,
     read_answers,
     read_jsonl,
+    run_cli,
     write_outputs,
 )
 
@@ -215,4 +216,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -33,6 +33,7 @@ from llava.eval.scoring.common import (
     print_metrics,
     read_answers,
     read_json,
+    run_cli,
     write_outputs,
 )
 
@@ -147,4 +148,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -28,6 +28,7 @@ from llava.eval.scoring.common import (
     print_metrics,
     read_answers,
     read_json,
+    run_cli,
     write_outputs,
 )
 
@@ -103,4 +104,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

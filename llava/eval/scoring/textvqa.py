@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from llava.eval.scoring.common import ScoringError, print_metrics, read_answers, read_json, write_outputs
+from llava.eval.scoring.common import ScoringError, print_metrics, read_answers, read_json, run_cli, write_outputs
 from llava.eval.scoring.vqa import score_vqa, vqa_results
 
 
@@ -59,4 +59,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

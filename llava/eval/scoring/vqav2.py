@@ -21,7 +21,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from llava.eval.scoring.common import ScoringError, print_metrics, read_answers, read_json, read_jsonl, write_outputs
+from llava.eval.scoring.common import (
+    ScoringError,
+    print_metrics,
+    read_answers,
+    read_json,
+    read_jsonl,
+    run_cli,
+    write_outputs,
+)
 from llava.eval.scoring.vqa import fill_submission, score_vqa, vqa_results
 
 
@@ -100,4 +108,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
