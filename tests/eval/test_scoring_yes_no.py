@@ -76,6 +76,9 @@ def test_pope_llava_layout_matches_by_order_within_category(write_jsonl, write_a
     assert results["splits"]["random"]["accuracy"] == 100.0  # answers 1, 3 vs labels yes, no
     assert results["splits"]["popular"]["accuracy"] == 0.0
     assert per_sample == {"random/1": True, "random/2": True, "popular/1": False}
+    # Scoring one split of a combined answers file leaves the other split's answers alone.
+    only_random, _ = pope.evaluate(answers, {"random": random}, question_file=questions, match="order")
+    assert list(only_random["splits"]) == ["random"]
 
 
 def test_pope_label_without_answer_names_the_label_line(write_jsonl, write_answers) -> None:

@@ -173,7 +173,10 @@ def evaluate(
         for (qid, answer, label), prediction in zip(pairs, predictions, strict=True):
             used.add(answer.line)
             per_sample[f"{split}/{qid}"] = prediction == label
-    unused = [a for a in answers if a.line not in used]
+    # With a question file, answers of splits not asked for are simply not scored.
+    unused = [
+        a for a in answers if a.line not in used and (categories is None or categories[a.question_id] in label_files)
+    ]
     if unused:
         raise ScoringError(
             f"{answers_file}:{unused[0].line}: question_id {unused[0].question_id!r} matches no label of the splits "

@@ -40,7 +40,7 @@ from llava.eval.scoring.common import (
 logger = logging.getLogger(__name__)
 
 _SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
-_LOW_GRADES = {f"grade{g}" for g in range(1, 7)}
+_GRADE_BANDS = {f"grade{g}": "G1-6" if g <= 6 else "G7-12" for g in range(1, 13)}
 CATEGORIES = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12")
 
 
@@ -51,7 +51,8 @@ def categories(problem: Mapping[str, Any]) -> list[str]:
         found.append(_SUBJECTS[problem["subject"]])
     has_text, has_image = bool(problem.get("hint")), bool(problem.get("image"))
     found += ["TXT"] * has_text + ["IMG"] * has_image + ["NO"] * (not has_text and not has_image)
-    found.append("G1-6" if problem.get("grade") in _LOW_GRADES else "G7-12")
+    if problem.get("grade") in _GRADE_BANDS:
+        found.append(_GRADE_BANDS[problem["grade"]])
     return found
 
 
