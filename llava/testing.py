@@ -81,7 +81,7 @@ def tiny_image_processor(image_size: int = 48) -> CLIPImageProcessor:
     )
 
 
-def tiny_llava_config(vision_tower: str | Path, vocab_size: int, model_type: str = "llava_llama", **overrides: Any):
+def tiny_llava_config(vision_tower: str | Path, vocab_size: int = 512, model_type: str = "llava_llama", **overrides: Any):
     """Config of a 2-layer LLaVA/M3 model; `overrides` set any field (e.g. image_aspect_ratio)."""
     config_cls, _ = LLAVA_MODEL_CLASSES[model_type]
     fields: dict[str, Any] = dict(
@@ -139,3 +139,54 @@ def build_tiny_llava(
     model.save_pretrained(out_dir, state_dict=state)
     tiny_image_processor(model.get_vision_tower().image_size).save_pretrained(out_dir)
     return out_dir
+
+
+# Shapes of random models for benchmarks: (vision tower, language model) config fields.
+PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "tiny": (
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=48, patch_size=2),
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    ),
+    # CLIP-L/14-336 with 4 of its 24 layers, and a ~0.5B Llama (32k vocabulary).
+    "small": (
+        dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=4, num_attention_heads=16, image_size=336, patch_size=14),
+        dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=16, num_attention_heads=12, vocab_size=32000),
+    ),
+    # The released models' shapes: CLIP-L/14-336 and Vicuna-7B.
+    "7b": (
+        dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=336, patch_size=14),
+        dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, vocab_size=32000),
+    ),
+}
+
+
+def build_random_llava(
+    preset: str = "tiny",
+    aspect: str = "pad",
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+):
+    """A random LLaVA/M3 model of a `PRESETS` shape, built in memory on `device` (no files).
+
+    `aspect` "pad" gives a LLaVA-1.5 layout; "anyres" a LLaVA-NeXT one (2×2 grid pinpoints,
+    spatial_unpad). Returns the model in eval mode.
+    """
+    vision, text = PRESETS[preset]
+    vision_config = CLIPVisionConfig(projection_dim=vision["hidden_size"], **vision)
+    crop = vision["image_size"]
+    overrides: dict[str, Any] = dict(mm_vision_config=vision_config.to_dict(), **text)
+    overrides.setdefault("vocab_size", 512)
+    if aspect == "anyres":
+        pinpoints = [[2 * crop, crop], [crop, 2 * crop], [2 * crop, 2 * crop], [3 * crop, crop], [crop, 3 * crop]]
+        overrides.update(image_aspect_ratio="anyres", image_grid_pinpoints=pinpoints, mm_patch_merge_type="spatial_unpad")
+    config = tiny_llava_config("random-clip", **overrides)
+    torch.manual_seed(seed)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LLAVA_MODEL_CLASSES["llava_llama"][1](config)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    return model.eval()

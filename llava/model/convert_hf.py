@@ -60,11 +60,20 @@ def to_hf_llava(model: torch.nn.Module, image_token_index: int) -> torch.nn.Modu
     if config.is_anyres:
         # transformers counts sizes as (height, width); LLaVA as (width, height).
         pinpoints = [[h, w] for w, h in config.image_grid_pinpoints]
-        hf = LlavaNextForConditionalGeneration(LlavaNextConfig(image_grid_pinpoints=pinpoints, **common))
+        hf_config = LlavaNextConfig(image_grid_pinpoints=pinpoints, **common)
+        hf_class = LlavaNextForConditionalGeneration
     else:
-        hf = LlavaForConditionalGeneration(HFLlavaConfig(**common))
+        hf_config, hf_class = HFLlavaConfig(**common), LlavaForConditionalGeneration
+    param = next(model.parameters())
+    # Built where the weights are, in their dtype: a 7B copy on the CPU in float32 would not fit.
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(param.dtype)
+    try:
+        with torch.device(param.device):
+            hf = hf_class(hf_config)
+    finally:
+        torch.set_default_dtype(default_dtype)
     missing, unexpected = hf.load_state_dict(hf_state_dict(model), strict=False)
     if unexpected or [k for k in missing if "rotary" not in k]:
         raise ValueError(f"weights did not map onto transformers' LLaVA: missing {missing}, unexpected {unexpected}")
-    param = next(model.parameters())
-    return hf.to(device=param.device, dtype=param.dtype).eval()
+    return hf.eval()

@@ -211,9 +211,11 @@ class LlavaMetaForCausalLM:
         crop_scale = torch.tensor(scales).repeat_interleave(torch.tensor(encoded.crops_per_image))
         has_cls = self.config.mm_vision_select_feature == "cls_patch"
         pooled: list[torch.Tensor | None] = [None] * encoded.features.shape[0]
-        for scale in dict.fromkeys(scales):  # one pooling call per distinct budget
+        distinct = list(dict.fromkeys(scales))
+        for scale in distinct:  # one pooling call per distinct budget
             index = (crop_scale == scale).nonzero().flatten()
-            feats = encoded.features[index]
+            # With one budget for the batch, pool the features in place rather than a gathered copy.
+            feats = encoded.features if len(distinct) == 1 else encoded.features[index]
             grid = pool_visual_tokens(feats[:, 1:] if has_cls else feats, scale)
             grid = torch.cat([feats[:, :1], grid], dim=1) if has_cls else grid
             for i, g in zip(index.tolist(), grid.unbind(0)):

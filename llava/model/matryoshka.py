@@ -10,7 +10,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 TRAINED_SCALES: tuple[int, ...] = (1, 9, 36, 144, 576)
 """The five budgets the released M3 checkpoints were trained on."""
@@ -101,9 +100,10 @@ def pool_visual_tokens(features: torch.Tensor, scale: int) -> torch.Tensor:
         return features
     k = math.isqrt(scale)
     stride = side // k
-    grid = features.transpose(1, 2).reshape(batch, channels, side, side)
-    pooled = F.avg_pool2d(grid, kernel_size=stride, stride=stride)
-    return pooled.flatten(2).transpose(1, 2)
+    # A view (for contiguous input) plus a mean: no transposed copy of the full grid is made, so memory at
+    # small budgets does not carry a full-size temporary.
+    blocks = features.reshape(batch, k, stride, k, stride, channels)
+    return blocks.mean(dim=(2, 4)).reshape(batch, scale, channels)
 
 
 def pool_to_scales(features: torch.Tensor, scales: Sequence[int]) -> dict[int, torch.Tensor]:

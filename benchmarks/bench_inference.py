@@ -1,0 +1,332 @@
+"""Time to first token, decode speed, KV-cache bytes and prefill memory at every M3 budget.
+
+Runs a random model of a preset shape (llava.testing.PRESETS) side by side with transformers'
+own `LlavaForConditionalGeneration` / `LlavaNextForConditionalGeneration` holding the same
+weights (at 576 tokens, the only budget transformers has), so every ratio comes from one run.
+
+    python benchmarks/bench_inference.py --preset small --batch-sizes 1 --out bench_inference.json
+    python benchmarks/bench_inference.py --preset 7b --device cuda --dtype float16
+
+Prints a markdown table; writes JSON with every measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.model.convert_hf import to_hf_llava
+from llava.testing import build_random_llava
+
+SCALES = [576, 144, 36, 9, 1]
+QUESTION_TOKENS = 32  # a typical short VQA question plus template
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: str, repeats: int) -> float:
+    """Fastest of `repeats` calls after one warm-up call.
+
+    The minimum, not the mean: on a shared machine noise only ever adds time.
+    """
+    fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def timed_together(fns: list[Callable[[], Any]], device: str, repeats: int) -> list[float]:
+    """Fastest time of each function, calling them in turn so machine load hits them alike."""
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
+def peak_memory(fn: Callable[[], Any], device: str) -> int:
+    """Peak bytes allocated by `fn` beyond what was allocated before it (weights excluded)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    # On CPU, replay the profiler's allocation events in order and keep the high-water mark.
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.end)
+    current = peak = 0
+    for event in events:
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
+def cache_bytes(cache: Any) -> int:
+    total = 0
+    for layer in cache.layers:
+        for tensor in (layer.keys, layer.values):
+            if tensor is not None:
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def make_inputs(model: torch.nn.Module, aspect: str, batch: int, device: str, dtype: torch.dtype):
+    """Random pixels and a prompt of `QUESTION_TOKENS` text tokens around one image placeholder."""
+    crop = model.get_vision_tower().image_size
+    generator = torch.Generator().manual_seed(0)
+    text = torch.randint(10, min(model.config.vocab_size, 500), (QUESTION_TOKENS,), generator=generator).tolist()
+    ids = torch.tensor([text[:4] + [IMAGE_TOKEN_INDEX] + text[4:]] * batch, device=device)
+    if aspect == "pad":
+        pixels = torch.randn(batch, 3, crop, crop, generator=generator).to(device, dtype)
+        sizes = [(crop, crop)] * batch
+    else:  # a square image on the 2x2 grid: base + 4 crops
+        pixels = torch.randn(batch, 5, 3, crop, crop, generator=generator).to(device, dtype)
+        sizes = [(2 * crop, 2 * crop)] * batch
+    return ids, pixels, sizes
+
+
+def bench_m3(model, aspect, batch, scale, args) -> dict[str, float]:
+    ids, pixels, sizes = make_inputs(model, aspect, batch, args.device, args.dtype)
+    generate = m3_generator(model, aspect, batch, scale, args)
+    with torch.inference_mode():
+        t_vision = timed(lambda: model.encode_images(pixels), args.device, args.repeats)
+        ttft = timed(lambda: generate(1), args.device, args.repeats)
+        t_all = timed(lambda: generate(args.new_tokens), args.device, max(1, args.repeats // 2))
+        encoded = model.encode_images(pixels)
+
+        def prefill():
+            return model(
+                input_ids=ids,
+                images=encoded,
+                image_sizes=sizes,
+                matryoshka_vis_token_scale=scale,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+
+        out = prefill()
+        kv = cache_bytes(out.cache if hasattr(out, "cache") else out.past_key_values)
+        mem = peak_memory(prefill, args.device)
+    prompt_len = QUESTION_TOKENS + model.num_visual_tokens(scale, sizes[0])
+    return {
+        "prompt_tokens": prompt_len,
+        "t_vision_s": t_vision,
+        "ttft_s": ttft,
+        "decode_tok_s": batch * (args.new_tokens - 1) / max(t_all - ttft, 1e-9),
+        "kv_cache_bytes": kv,
+        "prefill_peak_bytes": mem,
+    }
+
+
+def hf_generator(hf, model, aspect, batch, args) -> Callable[[int], Any]:
+    """transformers' LLaVA at the full budget: the image token repeated once per visual token."""
+    ids, pixels, sizes = make_inputs(model, aspect, batch, args.device, args.dtype)
+    image_token = 0
+    n_visual = model.num_visual_tokens(576, sizes[0])
+    row = ids[0].tolist()
+    pos = row.index(IMAGE_TOKEN_INDEX)
+    hf_ids = torch.tensor([row[:pos] + [image_token] * n_visual + row[pos + 1 :]] * batch, device=args.device)
+    extra = {"image_sizes": torch.tensor([[h, w] for w, h in sizes], device=args.device)} if aspect == "anyres" else {}
+
+    def generate(n: int):
+        with torch.inference_mode():
+            return hf.generate(
+                input_ids=hf_ids,
+                pixel_values=pixels,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+                use_cache=True,
+                **extra,
+            )
+
+    return generate
+
+
+def m3_generator(model, aspect, batch, scale, args) -> Callable[[int], Any]:
+    ids, pixels, sizes = make_inputs(model, aspect, batch, args.device, args.dtype)
+
+    def generate(n: int):
+        with torch.inference_mode():
+            return model.generate(
+                ids,
+                images=pixels,
+                image_sizes=sizes,
+                matryoshka_vis_token_scale=scale,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+                use_cache=True,
+            )
+
+    return generate
+
+
+def compare_with_transformers(hf, model, aspect, batch, args) -> dict[str, float]:
+    """TTFT and decode speed of M3 and transformers at 576 tokens, timed alternately."""
+    ours, theirs = m3_generator(model, aspect, batch, 576, args), hf_generator(hf, model, aspect, batch, args)
+    ttft_ours, ttft_hf = timed_together([lambda: ours(1), lambda: theirs(1)], args.device, args.repeats)
+    all_ours, all_hf = timed_together(
+        [lambda: ours(args.new_tokens), lambda: theirs(args.new_tokens)], args.device, max(1, args.repeats // 2)
+    )
+    steps = batch * (args.new_tokens - 1)
+    return {
+        "m3_ttft_s_at_576": ttft_ours,
+        "hf_ttft_s_at_576": ttft_hf,
+        "m3_decode_tok_s_at_576": steps / max(all_ours - ttft_ours, 1e-9),
+        "hf_decode_tok_s_at_576": steps / max(all_hf - ttft_hf, 1e-9),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "preset": args.preset,
+        "device": args.device,
+        "dtype": str(args.dtype),
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "cuda_device": torch.cuda.get_device_name() if args.device == "cuda" else None,
+        "torch": torch.__version__,
+        "rows": [],
+        "comparisons": [],
+    }
+    for aspect in args.aspects:
+        model = build_random_llava(args.preset, aspect, args.device, args.dtype)
+        hf = to_hf_llava(model, image_token_index=0)
+        for batch in args.batch_sizes:
+            comparison = compare_with_transformers(hf, model, aspect, batch, args)
+            results["comparisons"].append({"aspect": aspect, "batch": batch, **comparison})
+            for scale in args.scales:
+                row = {"aspect": aspect, "batch": batch, "scale": scale, **bench_m3(model, aspect, batch, scale, args)}
+                results["rows"].append(row)
+                print(f"{aspect} b={batch} s={scale}: ttft {row['ttft_s']:.4f}s", flush=True)
+        del model, hf
+    return results
+
+
+def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per (aspect, batch): the issue's target ratios, from this one run."""
+    out = []
+    groups: dict[tuple[str, int], dict[int, dict]] = {}
+    for row in results["rows"]:
+        groups.setdefault((row["aspect"], row["batch"]), {})[row["scale"]] = row
+    comparisons = {(c["aspect"], c["batch"]): c for c in results["comparisons"]}
+    for (aspect, batch), rows in groups.items():
+        if 576 not in rows:
+            continue
+        full = rows[576]
+        versus = comparisons[(aspect, batch)]
+        entry: dict[str, Any] = {
+            "aspect": aspect,
+            "batch": batch,
+            "ttft_ratio_vs_transformers_576": versus["m3_ttft_s_at_576"] / versus["hf_ttft_s_at_576"],
+            "decode_speed_ratio_vs_transformers_576": versus["m3_decode_tok_s_at_576"]
+            / versus["hf_decode_tok_s_at_576"],
+        }
+        for small in (9, 1):
+            if small in rows:
+                r = rows[small]
+                entry[f"non_vision_ttft_ratio_{small}_vs_576"] = (r["ttft_s"] - r["t_vision_s"]) / (
+                    full["ttft_s"] - full["t_vision_s"]
+                )
+                entry[f"prompt_ratio_{small}_vs_576"] = r["prompt_tokens"] / full["prompt_tokens"]
+                entry[f"kv_ratio_{small}_vs_576"] = r["kv_cache_bytes"] / full["kv_cache_bytes"]
+                entry[f"peak_ratio_{small}_vs_576"] = r["prefill_peak_bytes"] / full["prefill_peak_bytes"]
+        out.append(entry)
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        f"preset `{results['preset']}` on {results['device']} ({results['cuda_device'] or results['machine']}, "
+        f"{results['threads']} threads, {results['dtype']}, torch {results['torch']})",
+        "",
+        "| aspect | batch | scale | prompt tokens | vision s | TTFT s | decode tok/s | KV cache MiB "
+        "| prefill peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        lines.append(
+            f"| {r['aspect']} | {r['batch']} | {r['scale']} | {r['prompt_tokens']} | {r['t_vision_s']:.4f} "
+            f"| {r['ttft_s']:.4f} | {r['decode_tok_s']:.1f} "
+            f"| {r['kv_cache_bytes'] / 2**20:.2f} | {r['prefill_peak_bytes'] / 2**20:.2f} |"
+        )
+    lines += [
+        "",
+        "At 576 tokens, timed alternately with transformers' own class on the same weights:",
+        "",
+        "| aspect | batch | M3 TTFT s | transformers TTFT s | M3 decode tok/s | transformers decode tok/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in results["comparisons"]:
+        lines.append(
+            f"| {c['aspect']} | {c['batch']} | {c['m3_ttft_s_at_576']:.4f} | {c['hf_ttft_s_at_576']:.4f} "
+            f"| {c['m3_decode_tok_s_at_576']:.1f} | {c['hf_decode_tok_s_at_576']:.1f} |"
+        )
+    lines += ["", "| aspect | batch | ratio | value |", "|---|---|---|---|"]
+    for entry in results["ratios"]:
+        for key, value in entry.items():
+            if key not in ("aspect", "batch"):
+                lines.append(f"| {entry['aspect']} | {entry['batch']} | {key} | {value:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "small", "7b"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default) / float16 / bfloat16")
+    parser.add_argument("--aspects", default="pad,anyres")
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--scales", default=",".join(map(str, SCALES)))
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--out", default=None, help="write the JSON results here")
+    args = parser.parse_args(argv)
+    args.aspects = args.aspects.split(",")
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    args.scales = [int(s) for s in args.scales.split(",")]
+    args.dtype = (
+        getattr(torch, args.dtype) if args.dtype else (torch.float32 if args.device == "cpu" else torch.float16)
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = run(args)
+    results["ratios"] = ratios(results)
+    print(markdown(results))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
