@@ -18,6 +18,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.anyres import count_anyres_tokens, merge_anyres_features
 from llava.model.config import LlavaMultimodalConfig
 from llava.model.matryoshka import parse_scales, pool_visual_tokens, validate_scale
@@ -299,7 +300,9 @@ class LlavaMetaForCausalLM:
             scales = self.config.training_scales
             if self.training and labels is not None and matryoshka_vis_token_scale is None and scales:
                 return self.matryoshka_forward(input_ids, attention_mask, labels, images, image_sizes, **kwargs)
-            if images is not None or bool((input_ids < 0).any()):
+            # Decoding steps (a cache is passed) never carry placeholders: skip the device sync.
+            first_pass = kwargs.get("cache") is None and kwargs.get("past_key_values") is None
+            if images is not None or (first_pass and bool((input_ids == IMAGE_TOKEN_INDEX).any())):
                 batch = self.prepare_multimodal_inputs(
                     input_ids, attention_mask, labels, images, image_sizes, matryoshka_vis_token_scale
                 )
