@@ -1,0 +1,230 @@
+"""`ModelService`: an engine, its batch scheduler and the request limits, as the async HTTP servers use them.
+
+A server handler calls `prepare` (decodes images and validates in a worker thread, raising
+`RequestError`), then `open_stream` (503 when the queue is full) and iterates the returned
+`ChunkStream`, which is fed from the scheduler's thread. Closing the stream early (a client that
+disconnected) cancels the request at the next generation step.
+
+Also here: the command-line flags every model-serving entry point shares, declared once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llava.serve.batcher import BatchScheduler
+from llava.serve.engine import (
+    DEFAULT_MAX_IMAGES,
+    DEFAULT_MAX_NEW_TOKENS_LIMIT,
+    GenerationChunk,
+    InferenceEngine,
+    Job,
+    PreparedRequest,
+    SamplingParams,
+)
+from llava.serve.errors import RequestError
+from llava.serve.media import MIB, ImagePolicy, decode_image
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    max_request_bytes: int = 32 * MIB
+    max_queued_requests: int = 256
+    image: ImagePolicy = field(default_factory=ImagePolicy)
+
+
+class ChunkStream:
+    """The chunks of one request, delivered from the scheduler thread into the event loop."""
+
+    def __init__(self, job_factory: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._queue: asyncio.Queue[GenerationChunk] = asyncio.Queue()
+        self._loop = loop
+        self.job: Job = job_factory(self._emit)
+        self.finished = False
+
+    def _emit(self, chunk: GenerationChunk) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, chunk)
+
+    async def __aiter__(self) -> AsyncIterator[GenerationChunk]:
+        try:
+            while True:
+                chunk = await self._queue.get()
+                if chunk.done:
+                    self.finished = True
+                yield chunk
+                if chunk.done:
+                    return
+        finally:
+            if not self.finished:
+                self.job.cancel()
+
+    async def final(self) -> GenerationChunk:
+        """Wait for the last chunk (non-streaming responses)."""
+        async for chunk in self:
+            if chunk.done:
+                return chunk
+        raise RuntimeError("the stream ended without a final chunk")
+
+    def cancel(self) -> None:
+        self.job.cancel()
+
+
+class ModelService:
+    """One model served to many concurrent clients in batches."""
+
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        max_batch_size: int = 8,
+        batch_wait_s: float = 0.005,
+        limits: ServiceLimits | None = None,
+    ) -> None:
+        self.engine = engine
+        self.limits = limits or ServiceLimits()
+        self.scheduler = BatchScheduler(engine, max_batch_size=max_batch_size, batch_wait_s=batch_wait_s)
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+
+    async def prepare(
+        self, prompt: str, image_payloads: Sequence[str], scale: Any, sampling: SamplingParams
+    ) -> PreparedRequest:
+        """Decode the images and validate the request off the event loop; raises `RequestError`."""
+        if len(image_payloads) > self.engine.max_images:
+            raise RequestError(
+                400,
+                f"{len(image_payloads)} images in one request; this server accepts at most {self.engine.max_images}",
+            )
+        return await asyncio.to_thread(self._prepare, prompt, list(image_payloads), scale, sampling)
+
+    def _prepare(self, prompt: str, payloads: list[str], scale: Any, sampling: SamplingParams) -> PreparedRequest:
+        self.engine.resolve_scale(scale)  # a bad scale is reported before any image is decoded
+        images = [decode_image(payload, self.limits.image) for payload in payloads]
+        return self.engine.prepare(prompt, images, scale, sampling)
+
+    def open_stream(self, prepared: PreparedRequest) -> ChunkStream:
+        """Queue a prepared request; 503 when `max_queued_requests` are already waiting or running."""
+        if self.scheduler.queue_length >= self.limits.max_queued_requests:
+            raise RequestError(503, f"the server is busy ({self.scheduler.queue_length} requests queued); retry later")
+        stream = ChunkStream(lambda emit: Job(prepared, emit), asyncio.get_running_loop())
+        self.scheduler.submit(stream.job)
+        return stream
+
+    def status(self) -> dict[str, Any]:
+        """The worker status the controller and the web UI read (names kept from the original)."""
+        return {
+            "model_names": [self.model_name],
+            "speed": 1,
+            "queue_length": self.scheduler.queue_length,
+            "matryoshka": self.engine.info(),
+            "batches": self.scheduler.stats.batches,
+            "largest_batch": self.scheduler.stats.largest_batch,
+        }
+
+
+# -- command-line flags shared by model_worker and openai_api ---------------------------------
+
+
+def default_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model-path", required=True, help="checkpoint folder or hub id")
+    group.add_argument("--model-base", default=None, help="base LLM for LoRA or projector-only checkpoints")
+    group.add_argument("--model-name", default=None, help="name clients use (default: from --model-path)")
+    group.add_argument("--device", default=default_device(), help="cuda, mps or cpu (default: the best available)")
+    group.add_argument("--load-8bit", action="store_true")
+    group.add_argument("--load-4bit", action="store_true")
+    group.add_argument("--use-flash-attn", action="store_true")
+    group.add_argument("--conv-mode", default=None, help="conversation template (default: the checkpoint's)")
+    group.add_argument(
+        "--matryoshka_vis_token_scale",
+        "--matryoshka-vis-token-scale",
+        dest="matryoshka_vis_token_scale",
+        type=int,
+        default=None,
+        help="default visual-token budget when a request names none (1/9/36/144/576)",
+    )
+
+
+def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("serving")
+    group.add_argument(
+        "--limit-model-concurrency",
+        type=int,
+        default=8,
+        help="most requests generated at once (one batch); more wait in the queue",
+    )
+    group.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long the first request of a batch waits for others to join",
+    )
+    group.add_argument("--max-queued-requests", type=int, default=256, help="503 beyond this many queued requests")
+    group.add_argument("--max-request-bytes", type=int, default=32 * MIB, help="413 for larger request bodies")
+    group.add_argument("--max-image-bytes", type=int, default=10 * MIB, help="413 for larger images")
+    group.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="413 for images with more pixels")
+    group.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES, help="400 for more images per request")
+    group.add_argument(
+        "--max-new-tokens-limit",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS_LIMIT,
+        help="cap on max_new_tokens / max_tokens",
+    )
+    group.add_argument(
+        "--allow-remote-images",
+        action="store_true",
+        help="fetch http(s) image URLs in requests (off: only inline base64 / data: URLs)",
+    )
+    group.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on the /v1 routes")
+
+
+def service_from_args(args: argparse.Namespace) -> ModelService:
+    """Load the model named by the flags and wrap it in a (not yet started) service."""
+    if args.load_8bit and args.load_4bit:
+        raise SystemExit("choose one of --load-8bit and --load-4bit")
+    engine = InferenceEngine.from_pretrained(
+        args.model_path,
+        args.model_base,
+        args.model_name,
+        device=args.device,
+        load_8bit=args.load_8bit,
+        load_4bit=args.load_4bit,
+        use_flash_attn=args.use_flash_attn,
+        conv_mode=args.conv_mode,
+        max_new_tokens_limit=args.max_new_tokens_limit,
+        max_images=args.max_images,
+        default_scale=args.matryoshka_vis_token_scale,
+    )
+    limits = ServiceLimits(
+        max_request_bytes=args.max_request_bytes,
+        max_queued_requests=args.max_queued_requests,
+        image=ImagePolicy(
+            max_image_bytes=args.max_image_bytes,
+            max_image_pixels=args.max_image_pixels,
+            allow_remote=args.allow_remote_images,
+        ),
+    )
+    return ModelService(
+        engine, max_batch_size=args.limit_model_concurrency, batch_wait_s=args.batch_wait_ms / 1000, limits=limits
+    )

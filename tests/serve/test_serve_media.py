@@ -1,0 +1,93 @@
+"""Image payloads: what a server decodes, what it refuses, and that it never reads its own disk."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from llava.serve.errors import RequestError
+from llava.serve.media import ImagePolicy, decode_image
+
+POLICY = ImagePolicy(max_image_bytes=64 * 1024, max_image_pixels=512 * 512)
+
+
+def png_bytes(size: tuple[int, int] = (30, 20), color: tuple[int, int, int] = (10, 200, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def refused(source: str, policy: ImagePolicy = POLICY) -> RequestError:
+    with pytest.raises(RequestError) as info:
+        decode_image(source, policy)
+    return info.value
+
+
+def test_base64_and_data_urls_decode_to_rgb() -> None:
+    b64 = base64.b64encode(png_bytes()).decode()
+    for source in (b64, f"data:image/png;base64,{b64}", f"data:;base64,{b64}", f"  {b64[:20]}\n{b64[20:]}  "):
+        image = decode_image(source, POLICY)
+        assert image.mode == "RGB" and image.size == (30, 20) and image.getpixel((0, 0)) == (10, 200, 30)
+
+
+def test_file_paths_and_file_urls_are_never_read(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png_bytes())
+    for source in (str(secret), f"file://{secret}", f"file:{secret}", "/etc/passwd", "C:\\images\\a.png"):
+        error = refused(source)
+        assert error.status == 400
+        assert "disk" in error.message
+
+
+def test_unreadable_payloads_are_400_and_oversize_ones_413() -> None:
+    not_image = base64.b64encode(b"<html>not an image</html>").decode()
+    assert refused(not_image).status == 400
+    assert "not a readable image" in refused(not_image).message
+    assert refused("data:text/plain;base64,aGVsbG8=").status == 400
+    assert refused("data:image/png,rawdata").status == 400
+    assert refused("").status == 400
+    truncated = base64.b64encode(png_bytes()[:40]).decode()
+    assert refused(truncated).status == 400
+    big = base64.b64encode(b"\0" * (80 * 1024)).decode()
+    assert refused(big).status == 413
+    too_many_pixels = base64.b64encode(png_bytes((1024, 1024))).decode()
+    error = refused(too_many_pixels)
+    assert error.status == 413 and "1024x1024" in error.message
+
+
+@pytest.fixture()
+def image_site(tmp_path: Path) -> Iterator[str]:
+    """A local http server with one PNG and one large file, on 127.0.0.1."""
+    (tmp_path / "cat.png").write_bytes(png_bytes((12, 12), (1, 2, 3)))
+    (tmp_path / "huge.bin").write_bytes(b"\0" * (100 * 1024))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_urls_are_fetched_only_when_allowed(image_site: str) -> None:
+    url = f"{image_site}/cat.png"
+    error = refused(url)
+    assert error.status == 400 and "--allow-remote-images" in error.message
+    allowed = ImagePolicy(max_image_bytes=64 * 1024, allow_remote=True, remote_timeout_s=5)
+    assert decode_image(url, allowed).getpixel((0, 0)) == (1, 2, 3)
+    assert refused(f"{image_site}/missing.png", allowed).status == 400
+    assert refused(f"{image_site}/huge.bin", allowed).status == 413
