@@ -47,6 +47,21 @@ class EncodedImages:
     def per_image(self) -> list[torch.Tensor]:
         return list(self.features.split(self.crops_per_image))
 
+    def select(self, indices: Sequence[int]) -> EncodedImages:
+        """The images at `indices`, in that order; an index may repeat.
+
+        Lets several prompts about one image (rotated options, several budgets) share one
+        encoding: no tower or projector work is repeated, only the features are gathered.
+        """
+        num_images = len(self.crops_per_image)
+        bad = [i for i in indices if not 0 <= i < num_images]
+        if bad:
+            raise IndexError(f"image indices {bad} out of range for {num_images} encoded images")
+        per_image = self.per_image()
+        chosen = [per_image[i] for i in indices]
+        features = torch.cat(chosen) if chosen else self.features[:0]
+        return EncodedImages(features, [self.crops_per_image[i] for i in indices], self.stacked_crops)
+
 
 @dataclass
 class MatryoshkaCausalLMOutput(CausalLMOutputWithPast):
