@@ -1,0 +1,504 @@
+"""The evaluation harness: benchmark questions → LLaVA answers files, at one or several visual-token scales.
+
+Every `llava.eval.model_vqa*` command is this harness plus the benchmark's prompt building: the
+benchmark turns its question file into `Sample`s (one image, or none, and the `Query`s asked
+about it) and the harness does the rest, once for all benchmarks:
+
+- chunking (`--num-chunks N --chunk-idx i`): contiguous, near-equal slices of the samples, so N
+  processes (one per GPU) answer disjoint parts that concatenate back into the question order;
+- batching (`--batch-size`): images are loaded and preprocessed in a torch DataLoader
+  (`--num-workers`), encoded together, and up to batch-size prompts go into one left-padded
+  `generate` call;
+- several scales in one pass (`--matryoshka_vis_token_scale 1,9,36,144,576`): each image goes
+  through the vision tower and projector once; every scale then pools that one encoding;
+- answers files: one per scale. With a single scale (or none: the checkpoint's default) the file
+  is `--answers-file` itself, as in LLaVA; with several, the scale is put before the suffix:
+  `answers.jsonl` → `answers_s576.jsonl`, `answers_s144.jsonl`, ... (`scale_answers_file`);
+- resume: a stopped run is restarted with the same command. Questions already in an answers file
+  are skipped (an image whose questions are answered at every scale is not even loaded) and new
+  answers are appended; a last line cut off mid-write is dropped. When every question of the
+  chunk is answered, the file is put back into question order (POPE pairs answers with labels by
+  order). `--overwrite` starts the files afresh instead;
+- a progress bar over images, and errors that name the question file and line.
+
+Answer lines are LLaVA's: `{"question_id", "prompt", "text", "answer_id", "model_id", "metadata":
+{"matryoshka_vis_token_scale": s}}` plus what the benchmark adds (MMBench: `round_idx`, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from llava.conversation import select_conv_mode
+from llava.eval.generation import (
+    GenerationSettings,
+    build_prompt,
+    generate_answers,
+    stop_string,
+    tokenize_prompt,
+)
+from llava.eval.run_llava import default_device
+from llava.eval.scoring.common import ScoringError
+from llava.mm_utils import get_model_name_from_path, load_image, load_image_from_base64, process_images
+from llava.model.builder import load_pretrained_model
+from llava.model.llava_arch import EncodedImages
+from llava.model.matryoshka import parse_scales, validate_scale
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+AnswerKey = tuple[str, int | None]
+"""(question id as a string, round index or None): what one answers-file line answers."""
+
+ANSWER_PROMPTER_MAX_NEW_TOKENS = 64
+
+
+class HarnessError(ValueError):
+    """Bad input to an evaluation run; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """One prompt about a sample's image and the fields its answer line carries.
+
+    `text` is the user turn without the image marker (the harness adds it when the sample has an
+    image). `fields` go into the answer line before `text`: at least `prompt`, the question as the
+    scorers read it. `followup`, when set, asks a second time: the prompt plus the first answer
+    plus `followup` (LLaVA's ScienceQA answer prompter).
+    """
+
+    question_id: Any
+    text: str
+    fields: dict[str, Any]
+    round_idx: int | None = None
+    followup: str | None = None
+
+    @property
+    def key(self) -> AnswerKey:
+        return (str(self.question_id), self.round_idx)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image (a file or base64 data, or none) and the queries asked about it."""
+
+    source: str
+    """Where it was read, for errors: "questions.jsonl:12"."""
+    queries: list[Query]
+    image_file: str | None = None
+    image_base64: str | None = field(default=None, repr=False)
+
+    def load_image(self) -> Image.Image | None:
+        try:
+            if self.image_file is not None:
+                return load_image(self.image_file)
+            if self.image_base64 is not None:
+                return load_image_from_base64(self.image_base64).convert("RGB")
+        except (OSError, ValueError) as e:  # missing or unreadable file, bad base64
+            raise HarnessError(f"{self.source}: {e}") from None
+        return None
+
+
+# -- chunks, file names, resume ------------------------------------------------------------------
+
+
+def get_chunk(items: Sequence[T], num_chunks: int, chunk_idx: int) -> list[T]:
+    """Slice `chunk_idx` of `num_chunks` contiguous slices whose sizes differ by at most one."""
+    if num_chunks < 1 or not 0 <= chunk_idx < num_chunks:
+        raise HarnessError(f"--chunk-idx {chunk_idx} is not in 0..{num_chunks - 1} (--num-chunks {num_chunks})")
+    start = len(items) * chunk_idx // num_chunks
+    end = len(items) * (chunk_idx + 1) // num_chunks
+    return list(items[start:end])
+
+
+def scale_answers_file(answers_file: str | Path, scale: int | None, several: bool) -> Path:
+    """The answers file of one scale: `answers_file` itself, or with `_s<scale>` before the suffix
+    when a run writes several scales (`answers.jsonl` → `answers_s36.jsonl`)."""
+    path = Path(answers_file)
+    if not several:
+        return path
+    return path.with_name(f"{path.stem}_s{scale}{path.suffix}")
+
+
+def answer_key(record: dict[str, Any]) -> AnswerKey:
+    round_idx = record.get("round_idx", record.get("round_id"))
+    return (str(record["question_id"]), round_idx)
+
+
+def read_answered(path: Path, scale: int) -> set[AnswerKey]:
+    """Keys already answered in `path`; a final line cut off mid-write is removed from the file."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if lines and lines[-1].strip():  # no newline at the end: the run stopped while writing it
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            logger.warning("%s: dropping the incomplete last line (the previous run stopped while writing it)", path)
+            path.write_bytes(data[: len(data) - len(lines[-1])])
+            lines = lines[:-1]
+        else:  # complete but unterminated: end it, so the next answer starts a line of its own
+            with open(path, "ab") as f:
+                f.write(b"\n")
+    done: set[AnswerKey] = set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise HarnessError(
+                f"{path}:{number}: invalid JSON ({e.msg}); fix it, delete the file or pass --overwrite"
+            ) from None
+        if not isinstance(record, dict) or "question_id" not in record:
+            raise HarnessError(f"{path}:{number}: not an answer line (no question_id); delete it or pass --overwrite")
+        written_at = (record.get("metadata") or {}).get("matryoshka_vis_token_scale")
+        if written_at is not None and written_at != scale:
+            raise HarnessError(
+                f"{path}:{number}: answered at matryoshka_vis_token_scale={written_at}, but this run writes scale "
+                f"{scale} to this file; use another --answers-file or pass --overwrite"
+            )
+        done.add(answer_key(record))
+    return done
+
+
+def reorder_answers(path: Path, order: Sequence[AnswerKey]) -> None:
+    """Rewrite `path` with its lines in `order` (lines for other keys keep their place at the end)."""
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rank = {key: i for i, key in enumerate(order)}
+    keyed = sorted(enumerate(records), key=lambda item: (rank.get(answer_key(item[1]), len(rank)), item[0]))
+    if [i for i, _ in keyed] == list(range(len(records))):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for _, r in keyed), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def check_unique(samples: Sequence[Sample]) -> None:
+    seen: dict[AnswerKey, str] = {}
+    for sample in samples:
+        for query in sample.queries:
+            if query.key in seen:
+                what = f"question_id {query.key[0]!r}" + ("" if query.key[1] is None else f" round {query.key[1]}")
+                raise HarnessError(f"{sample.source}: {what} already appears at {seen[query.key]}")
+            seen[query.key] = sample.source
+
+
+# -- data loading --------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedSample:
+    """A sample with its pixels and its prompts' token ids, as the DataLoader yields it."""
+
+    sample: Sample
+    pixels: torch.Tensor | None
+    """(3, H, W), or (1 + crops, 3, H, W) for anyres."""
+    image_size: tuple[int, int] | None
+    prompts: list[str]
+    input_ids: list[torch.Tensor]
+
+
+class SampleDataset(Dataset):
+    """Loads and preprocesses each sample's image and tokenises its prompts (in loader workers)."""
+
+    def __init__(
+        self, samples: Sequence[Sample], tokenizer: Any, image_processor: Any, model_config: Any, conv_mode: str
+    ):
+        self.samples = samples
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.model_config = model_config
+        self.conv_mode = conv_mode
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> PreparedSample:
+        sample = self.samples[index]
+        image = sample.load_image()
+        pixels = None
+        if image is not None:
+            pixels = process_images([image], self.image_processor, self.model_config)[0]
+        num_images = int(image is not None)
+        use_start_end = bool(self.model_config.mm_use_im_start_end)
+        prompts = [build_prompt(self.conv_mode, q.text, num_images, use_start_end) for q in sample.queries]
+        return PreparedSample(
+            sample,
+            pixels,
+            image.size if image is not None else None,
+            prompts,
+            [tokenize_prompt(p, self.tokenizer) for p in prompts],
+        )
+
+
+def _keep_list(batch: list[PreparedSample]) -> list[PreparedSample]:
+    return batch
+
+
+def _batched(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    tokenizer: Any
+    model: Any
+    image_processor: Any
+    name: str
+
+
+def load_model(model_path: str, model_base: str | None, device: str, dtype: str | None = None) -> LoadedModel:
+    """The checkpoint through `load_pretrained_model`; `dtype` None keeps its default (fp16 on GPUs, fp32 on CPU)."""
+    name = get_model_name_from_path(model_path)
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    tokenizer, model, image_processor, _ = load_pretrained_model(model_path, model_base, name, device=device, **kwargs)
+    return LoadedModel(tokenizer, model, image_processor, name)
+
+
+class AnswerWriter:
+    """Appends answer lines to one file per scale, flushed line by line so a stop loses at most one."""
+
+    def __init__(self, paths: dict[int, Path], model_id: str):
+        self.paths = paths
+        self.model_id = model_id
+        self.files = {}
+        for scale, path in paths.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.files[scale] = open(path, "a", encoding="utf-8")
+
+    def write(self, scale: int, query: Query, text: str) -> None:
+        line = {
+            "question_id": query.question_id,
+            **query.fields,
+            "text": text,
+            "answer_id": uuid.uuid4().hex,
+            "model_id": self.model_id,
+            "metadata": {"matryoshka_vis_token_scale": scale},
+        }
+        file = self.files[scale]
+        file.write(json.dumps(line, ensure_ascii=False) + "\n")
+        file.flush()
+
+    def close(self) -> None:
+        for file in self.files.values():
+            file.close()
+
+
+class Answerer:
+    """Answers batches of prepared samples at every scale from one encoding of their images."""
+
+    def __init__(self, loaded: LoadedModel, conv_mode: str, settings: GenerationSettings, batch_size: int):
+        self.loaded = loaded
+        self.settings = settings
+        self.batch_size = batch_size
+        self.stop = stop_string(conv_mode)
+
+    def encode(self, batch: Sequence[PreparedSample]) -> tuple[EncodedImages | None, dict[int, int]]:
+        """One tower pass over the batch's images; maps sample position → encoded image index."""
+        model = self.loaded.model
+        with_image = [i for i, p in enumerate(batch) if p.pixels is not None]
+        if not with_image:
+            return None, {}
+        pixels = [batch[i].pixels.to(model.device, model.dtype) for i in with_image]
+        with torch.no_grad():
+            encoded = model.encode_images(pixels)
+        return encoded, {sample: index for index, sample in enumerate(with_image)}
+
+    def answer(
+        self,
+        batch: Sequence[PreparedSample],
+        pending: dict[int, set[AnswerKey]],
+        write: Callable[[int, Query, str], None],
+    ) -> None:
+        encoded, image_of = self.encode(batch)
+        for scale, keys in pending.items():
+            todo = [(i, j) for i, p in enumerate(batch) for j, q in enumerate(p.sample.queries) if q.key in keys]
+            for chunk in _batched(todo, self.batch_size):
+                texts = self._generate(batch, chunk, encoded, image_of, scale)
+                for (i, j), text in zip(chunk, texts):
+                    write(scale, batch[i].sample.queries[j], text)
+
+    def _generate(
+        self,
+        batch: Sequence[PreparedSample],
+        chunk: Sequence[tuple[int, int]],
+        encoded: EncodedImages | None,
+        image_of: dict[int, int],
+        scale: int,
+        followup_of: Sequence[str] | None = None,
+    ) -> list[str]:
+        images = [image_of[i] for i, _ in chunk if i in image_of]
+        selected = encoded.select(images) if images else None
+        sizes = [batch[i].image_size for i, _ in chunk if i in image_of]
+        if followup_of is None:
+            ids = [batch[i].input_ids[j] for i, j in chunk]
+        else:
+            ids = [tokenize_prompt(prompt, self.loaded.tokenizer) for prompt in followup_of]
+        texts = generate_answers(
+            self.loaded.model,
+            self.loaded.tokenizer,
+            ids,
+            selected,
+            sizes,
+            scale,
+            self.settings,
+            self.stop,
+            ANSWER_PROMPTER_MAX_NEW_TOKENS if followup_of is not None else None,
+        )
+        if followup_of is not None:
+            return texts
+        # LLaVA's answer prompter: ask again after the reasoning, "<reasoning>\n The answer is <answer>".
+        second = [(k, (i, j)) for k, (i, j) in enumerate(chunk) if batch[i].sample.queries[j].followup]
+        if second:
+            prompts = [batch[i].prompts[j] + texts[k] + batch[i].sample.queries[j].followup for k, (i, j) in second]
+            answers = self._generate(batch, [ij for _, ij in second], encoded, image_of, scale, prompts)
+            for (k, _), answer in zip(second, answers):
+                texts[k] = f"{texts[k]}\n The answer is {answer}"
+        return texts
+
+
+def resolve_scales(model: Any, value: str | int | None) -> tuple[list[int], bool]:
+    """The run's scales, validated against the model's grid, and whether several were asked for."""
+    scales = parse_scales(value)
+    if scales is None:
+        return model.resolve_scales(None, 1), False
+    if len(set(scales)) != len(scales):
+        raise HarnessError(f"--matryoshka_vis_token_scale lists a scale twice: {scales}")
+    return [validate_scale(s, model.grid_side) for s in scales], len(scales) > 1
+
+
+def run(args: argparse.Namespace, samples: Sequence[Sample]) -> dict[int, Path]:
+    """Answer the chunk's samples at every scale; returns {scale: answers file}."""
+    samples = get_chunk(samples, args.num_chunks, args.chunk_idx)
+    check_unique(samples)
+    loaded = load_model(args.model_path, args.model_base, args.device or default_device())
+    scales, several = resolve_scales(loaded.model, args.matryoshka_vis_token_scale)
+    paths = {s: scale_answers_file(args.answers_file, s, several) for s in scales}
+    if args.overwrite:
+        for path in paths.values():
+            path.unlink(missing_ok=True)
+    answered = {s: read_answered(path, s) for s, path in paths.items()}
+    todo = [sample for sample in samples if any(q.key not in answered[s] for s in scales for q in sample.queries)]
+    skipped = len(samples) - len(todo)
+    if skipped:
+        logger.info("resuming: %d of %d images already answered at every scale", skipped, len(samples))
+    missing = [s for s in todo if s.image_file is not None and not os.path.exists(s.image_file)]
+    if missing:
+        raise HarnessError(
+            f"{missing[0].source}: image file not found: {missing[0].image_file} ({len(missing)} missing)"
+        )
+
+    conv_mode = args.conv_mode or select_conv_mode(loaded.name, loaded.model.config.conv_template)
+    settings = GenerationSettings(args.temperature, args.top_p, args.num_beams, args.max_new_tokens)
+    answerer = Answerer(loaded, conv_mode, settings, args.batch_size)
+    dataset = SampleDataset(todo, loaded.tokenizer, loaded.image_processor, loaded.model.config, conv_mode)
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=_keep_list)
+    writer = AnswerWriter(paths, loaded.name)
+    try:
+        for batch in tqdm(loader, total=len(loader), desc="batches", unit="batch"):
+            pending = {s: {q.key for p in batch for q in p.sample.queries} - answered[s] for s in scales}
+            answerer.answer(batch, {s: keys for s, keys in pending.items() if keys}, writer.write)
+    finally:
+        writer.close()
+    order = [q.key for sample in samples for q in sample.queries]
+    for path in paths.values():
+        reorder_answers(path, order)
+    for scale, path in paths.items():
+        logger.info("scale %d: answers in %s", scale, path)
+    return paths
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+
+def build_parser(description: str, max_new_tokens: int, num_workers: int = 0) -> argparse.ArgumentParser:
+    """The flags every benchmark shares (LLaVA's names; dashes and underscores both accepted)."""
+    parser = argparse.ArgumentParser(description=description)
+    add = parser.add_argument
+    add("--model-path", "--model_path", dest="model_path", required=True)
+    add("--model-base", "--model_base", dest="model_base", default=None)
+    add("--image-folder", "--image_folder", dest="image_folder", default="")
+    add("--question-file", "--question_file", dest="question_file", required=True)
+    add("--answers-file", "--answers_file", dest="answers_file", required=True)
+    add("--conv-mode", "--conv_mode", dest="conv_mode", default=None, help="default: the checkpoint's template")
+    add("--num-chunks", "--num_chunks", dest="num_chunks", type=int, default=1)
+    add("--chunk-idx", "--chunk_idx", dest="chunk_idx", type=int, default=0)
+    add("--temperature", type=float, default=0.2, help="0 for greedy decoding")
+    add("--top_p", "--top-p", dest="top_p", type=float, default=None)
+    add("--num_beams", "--num-beams", dest="num_beams", type=int, default=1)
+    add("--max_new_tokens", "--max-new-tokens", dest="max_new_tokens", type=int, default=max_new_tokens)
+    add("--batch-size", "--batch_size", dest="batch_size", type=int, default=1, help="prompts per generate call")
+    add("--num-workers", "--num_workers", dest="num_workers", type=int, default=num_workers)
+    add("--device", default=None, help="cuda, cpu or mps (default: the best available)")
+    add(
+        "--matryoshka_vis_token_scale",
+        "--matryoshka-vis-token-scale",
+        dest="matryoshka_vis_token_scale",
+        default=None,
+        help="visual tokens per image (per crop for anyres): one scale, or a list '1,9,36,144,576' answered in one "
+        "pass with one answers file per scale (answers.jsonl -> answers_s36.jsonl); default: the checkpoint's",
+    )
+    add("--overwrite", action="store_true", help="start the answers files afresh instead of resuming them")
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    return args
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run an answer-generation command: bad input ends with its one-line message, not a traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main()
+    except (HarnessError, ScoringError) as e:
+        sys.exit(f"error: {e}")
+
+
+def read_jsonl(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """(source "file:line", object) for each non-blank line of a JSONL question file."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise HarnessError(f"{path}: question file not found") from None
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise HarnessError(f"{path}:{number}: invalid JSON ({e.msg}): {line[:80]!r}") from None
+        if not isinstance(record, dict):
+            raise HarnessError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        rows.append((f"{path}:{number}", record))
+    return rows
+
+
+def require(record: dict[str, Any], keys: Sequence[str], source: str) -> None:
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise HarnessError(f"{source}: question has no {', '.join(map(repr, missing))} (keys: {sorted(record)})")
