@@ -1,0 +1,192 @@
+"""Terminal chat about an image, answers streamed as they are generated.
+
+    python -m llava.serve.cli --model-path mucai/llava-v1.5-7b-m3 --image-file images/shapes.png \\
+        --matryoshka_vis_token_scale 36
+
+Commands between turns: `/scale N` changes the visual-token budget (the whole conversation is
+re-read at the new budget on the next turn), `/reset` starts over, `/help`. EOF (Ctrl-D) or Ctrl-C ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from PIL import Image
+
+from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.conversation import Conversation, get_conv_template
+from llava.mm_utils import load_image
+from llava.serve.engine import GenerationChunk, InferenceEngine, Job, SamplingParams
+from llava.serve.errors import RequestError
+from llava.serve.prompting import template_stop
+from llava.serve.service import default_device
+
+logger = logging.getLogger(__name__)
+
+HELP = "commands: /scale N (visual-token budget), /reset (new conversation), /help; Ctrl-D or Ctrl-C to quit"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Chat with a LLaVA/M3 model in the terminal", prog="python -m llava.serve.cli"
+    )
+    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--model-base", default=None)
+    parser.add_argument("--model-name", default=None)
+    parser.add_argument("--image-file", default=None, help="local image file or http(s) URL")
+    parser.add_argument(
+        "--matryoshka_vis_token_scale",
+        "--matryoshka-vis-token-scale",
+        dest="matryoshka_vis_token_scale",
+        default=None,
+        help="visual-token budget (1/9/36/144/576; default: the checkpoint's)",
+    )
+    parser.add_argument("--device", default=default_device())
+    parser.add_argument("--conv-mode", default=None)
+    parser.add_argument("--temperature", type=float, default=0.2, help="0 for greedy decoding")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--load-8bit", action="store_true")
+    parser.add_argument("--load-4bit", action="store_true")
+    parser.add_argument("--use-flash-attn", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="print each prompt and its token counts")
+    return parser.parse_args(argv)
+
+
+class ChatSession:
+    """One conversation with an engine: the history, the image and the current budget."""
+
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        image: Image.Image | None,
+        scale: int,
+        sampling: SamplingParams,
+        debug: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.image = image
+        self.scale = scale
+        self.sampling = sampling
+        self.debug = debug
+        self.conv = self._new_conversation()
+
+    def _new_conversation(self) -> Conversation:
+        conv = get_conv_template(self.engine.conv_mode)
+        stop = template_stop(conv)
+        if stop:
+            self.sampling = SamplingParams(
+                self.sampling.temperature, self.sampling.top_p, self.sampling.max_new_tokens, (stop,)
+            )
+        return conv
+
+    def describe_scale(self) -> str:
+        size = self.image.size if self.image is not None else None
+        tokens = self.engine.num_visual_tokens(self.scale, size)
+        where = "for this image" if self.image is not None else "per image"
+        return f"matryoshka_vis_token_scale={self.scale}: {tokens} visual tokens {where}"
+
+    def set_scale(self, value: str) -> str:
+        try:
+            self.scale = self.engine.resolve_scale(value.strip())
+        except RequestError as e:
+            return f"error: {e.message}"
+        return self.describe_scale()
+
+    def reset(self) -> None:
+        self.conv = self._new_conversation()
+
+    def ask(self, text: str) -> GenerationChunk:
+        """Send one user turn and stream the answer to stdout; returns the final chunk."""
+        # The image belongs to the first turn; every later turn re-sends it with the whole history.
+        images = [self.image] if self.image is not None else []
+        if images and not self.conv.messages:
+            text = f"{DEFAULT_IMAGE_TOKEN}\n{text}"
+        self.conv.append_message(self.conv.roles[0], text)
+        self.conv.append_message(self.conv.roles[1], None)
+        prompt = self.conv.get_prompt()
+        try:
+            prepared = self.engine.prepare(prompt, images, self.scale, self.sampling)
+        except RequestError as e:
+            self.conv.messages = self.conv.messages[:-2]
+            raise e
+        if self.debug:
+            print(
+                f"\n[prompt: {prepared.prompt_tokens} tokens, {prepared.visual_tokens} visual]\n{prompt}\n", flush=True
+            )
+        final: list[GenerationChunk] = []
+
+        def emit(chunk: GenerationChunk) -> None:
+            print(chunk.delta, end="", flush=True)
+            if chunk.done:
+                final.append(chunk)
+
+        print(f"{self.conv.roles[1]}: ", end="", flush=True)
+        self.engine.run_batch([Job(prepared, emit)])
+        print(flush=True)
+        result = final[0]
+        self.conv.messages[-1][-1] = result.text
+        if result.error:
+            print(f"error: {result.error}", file=sys.stderr, flush=True)
+        return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        image = load_image(args.image_file) if args.image_file else None
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    engine = InferenceEngine.from_pretrained(
+        args.model_path,
+        args.model_base,
+        args.model_name,
+        device=args.device,
+        load_8bit=args.load_8bit,
+        load_4bit=args.load_4bit,
+        use_flash_attn=args.use_flash_attn,
+        conv_mode=args.conv_mode,
+        max_new_tokens_limit=max(args.max_new_tokens, 1),
+    )
+    try:
+        scale = engine.resolve_scale(args.matryoshka_vis_token_scale)
+    except RequestError as e:
+        raise SystemExit(f"error: {e.message}") from None
+    sampling = SamplingParams(args.temperature, args.top_p, args.max_new_tokens)
+    session = ChatSession(engine, image, scale, sampling, debug=args.debug)
+    print(f"{engine.model_name}: {session.describe_scale()}\n{HELP}", flush=True)
+    while True:
+        try:
+            text = input(f"{session.conv.roles[0]}: ")
+        except (EOFError, KeyboardInterrupt):
+            print("\nbye", flush=True)
+            return
+        command, _, rest = text.strip().partition(" ")
+        if not text.strip():
+            continue
+        if command == "/scale":
+            print(session.set_scale(rest), flush=True)
+        elif command == "/reset":
+            session.reset()
+            print("new conversation", flush=True)
+        elif command in ("/help", "/?"):
+            print(HELP, flush=True)
+        elif command in ("/quit", "/exit"):
+            print("bye", flush=True)
+            return
+        else:
+            try:
+                session.ask(text)
+            except RequestError as e:
+                print(f"error: {e.message} (/reset starts a new conversation)", flush=True)
+            except KeyboardInterrupt:
+                print("\nbye", flush=True)
+                return
+
+
+if __name__ == "__main__":
+    main()

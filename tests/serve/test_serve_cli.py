@@ -1,0 +1,77 @@
+"""The terminal chat driven in-process: main([...]) with stdin replaced."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from llava.serve import cli
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "red.png"
+    Image.new("RGB", (64, 40), (200, 30, 30)).save(path)
+    return path
+
+
+def chat(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, argv: list[str], stdin: object) -> str:
+    monkeypatch.setattr("sys.stdin", stdin)
+    cli.main(argv)
+    return capsys.readouterr().out
+
+
+def test_multi_turn_chat_with_a_scale_change_and_eof(monkeypatch, capsys, tiny_llava_pad: Path, image_file: Path):
+    argv = [
+        "--model-path",
+        str(tiny_llava_pad),
+        "--image-file",
+        str(image_file),
+        "--device",
+        "cpu",
+        "--matryoshka_vis_token_scale",
+        "36",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "5",
+        "--debug",
+    ]
+    lines = "What is in the image?\n/scale 10\n/scale 9\nAnd the colour?\n\n/help\n/reset\nAgain?\n"
+    out = chat(monkeypatch, capsys, argv, io.StringIO(lines))
+    assert "matryoshka_vis_token_scale=36: 36 visual tokens for this image" in out
+    assert "error: matryoshka_vis_token_scale=10 is not a valid" in out and "valid values" in out
+    assert "matryoshka_vis_token_scale=9: 9 visual tokens for this image" in out
+    # Each turn re-reads the whole conversation at the budget of the moment.
+    prompts = [line for line in out.splitlines() if line.startswith("[prompt:")]
+    assert [p.split(", ")[1] for p in prompts] == ["36 visual]", "9 visual]", "9 visual]"]
+    assert out.count("ASSISTANT: ") >= 3
+    assert "new conversation" in out and "commands:" in out
+    assert out.rstrip().endswith("bye")
+
+
+class InterruptingStdin(io.StringIO):
+    """Answers one line, then behaves like a user pressing Ctrl-C at the prompt."""
+
+    def readline(self, *args) -> str:
+        line = super().readline(*args)
+        if not line:
+            raise KeyboardInterrupt
+        return line
+
+
+def test_ctrl_c_exits_cleanly(monkeypatch, capsys, tiny_llava_pad: Path):
+    argv = ["--model-path", str(tiny_llava_pad), "--device", "cpu", "--max-new-tokens", "3"]
+    out = chat(monkeypatch, capsys, argv, InterruptingStdin("Hello there\n"))
+    assert "576 visual tokens per image" in out
+    assert out.rstrip().endswith("bye")
+
+
+def test_a_bad_image_or_scale_is_reported_not_raised(tiny_llava_pad: Path, tmp_path: Path):
+    with pytest.raises(SystemExit, match="image file not found"):
+        cli.main(["--model-path", str(tiny_llava_pad), "--device", "cpu", "--image-file", str(tmp_path / "no.png")])
+    with pytest.raises(SystemExit, match="valid values"):
+        cli.main(["--model-path", str(tiny_llava_pad), "--device", "cpu", "--matryoshka_vis_token_scale", "5"])
