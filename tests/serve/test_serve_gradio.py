@@ -1,0 +1,141 @@
+"""The web demo: its handlers against live servers, and the page itself in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from serve_helpers import start_controller, start_worker, wait_for
+
+from llava.serve import gradio_web_server as web
+from llava.serve.http import BackgroundServer, find_free_port
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-gpu"]
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_llava_pad: Path, tiny_llava_anyres: Path) -> Iterator[tuple[BackgroundServer, list[BackgroundServer]]]:
+    """A controller with two workers: the pad and the anyres tiny checkpoints."""
+    controller = start_controller()
+    workers = [start_worker(path, controller.url) for path in (tiny_llava_pad, tiny_llava_anyres)]
+    with httpx.Client(base_url=controller.url) as client:
+        wait_for(lambda: len(client.post("/list_models").json()["models"]) == 2, what="both workers")
+    yield controller, workers
+    for worker in workers:
+        worker.stop()
+    controller.stop()
+
+
+def last_answer(states: list[tuple]) -> str:
+    state, chatbot, _ = states[-1]
+    return chatbot[-1]["content"]
+
+
+def test_handlers_stream_an_answer_at_the_chosen_budget(stack, tiny_llava_pad: Path) -> None:
+    controller, _ = stack
+    demo = web.WebDemo(web.ControllerClient(controller.url), examples_dir=None)
+    model = tiny_llava_pad.name
+    image = Image.new("RGB", (80, 60), (0, 90, 200))
+    state, chatbot, text, box, _ = demo.add_text(None, "What is in the image?", image, "Default")
+    assert text == "" and box is None and chatbot[0]["role"] == "user"
+    states = list(demo.http_bot(state, model, 9, 0.0, 1.0, 6))
+    assert len(states) >= 3  # the cursor, then the answer growing
+    assert not last_answer(states).endswith(web.CURSOR) and last_answer(states)
+    assert states[-1][2].startswith("9 visual tokens at budget 9")
+    assert demo.update_budget(model, 36, None, "Default", states[-1][0]).startswith(
+        "**36 visual tokens** for this image"
+    )
+
+    state, _, _ = demo.regenerate(states[-1][0])
+    again = list(demo.http_bot(state, model, 9, 0.0, 1.0, 6))
+    assert last_answer(again) == last_answer(states)  # greedy: the same answer again
+
+
+def test_budget_text_counts_anyres_crops(stack, tiny_llava_anyres: Path) -> None:
+    controller, _ = stack
+    demo = web.WebDemo(web.ControllerClient(controller.url), examples_dir=None)
+    text = demo.update_budget(tiny_llava_anyres.name, 9, Image.new("RGB", (96, 96)), "Default")
+    assert text.startswith("**51 visual tokens** for this image: 9 per crop (3×3)")
+    assert web.budget_text(144, None, False) == "**144 visual tokens** per image (12×12 grid per crop)"
+
+
+def test_the_ui_says_when_a_worker_is_gone(stack) -> None:
+    controller, _ = stack
+    demo = web.WebDemo(web.ControllerClient(controller.url), examples_dir=None)
+    state, *_ = demo.add_text(None, "hello", None, "Default")
+    gone = list(demo.http_bot(state, "no-such-model", 9, 0.2, 0.7, 4))
+    assert "No worker is serving no-such-model" in last_answer(gone)
+
+    dead = f"http://127.0.0.1:{find_free_port()}"
+    status = {"model_names": ["ghost-m3"], "speed": 1, "queue_length": 0}
+    httpx.post(f"{controller.url}/register_worker", json={"worker_name": dead, "worker_status": status})
+    state, *_ = demo.add_text(None, "hello", None, "Default")
+    died = list(demo.http_bot(state, "ghost-m3", 9, 0.2, 0.7, 4))
+    assert "did not answer (it may have died)" in last_answer(died)
+
+    unreachable = web.WebDemo(web.ControllerClient(dead), examples_dir=None)
+    assert unreachable.client.list_models() == []
+    state, *_ = unreachable.add_text(None, "hello", None, "Default")
+    assert "No model is available" in last_answer(list(unreachable.http_bot(state, None, 9, 0.2, 0.7, 4)))
+
+
+@pytest.mark.slow
+def test_the_page_in_headless_chromium(stack, tiny_llava_pad: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM) or shutil.which(CHROMIUM) is None:
+        pytest.skip(f"{CHROMIUM} is missing: run scripts/ensure_chromium.sh")
+    controller, _ = stack
+    port = find_free_port()
+    demo = web.build_demo(web.parse_args(["--controller-url", controller.url]))
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                try:
+                    drive_the_page(page, f"http://127.0.0.1:{port}/", tiny_llava_pad.name)
+                except Exception:
+                    ARTIFACTS.mkdir(exist_ok=True)
+                    page.screenshot(path=str(ARTIFACTS / "gradio_chat_failure.png"), full_page=True)
+                    raise
+            finally:
+                browser.close()
+    finally:
+        demo.close()
+
+
+def drive_the_page(page, url: str, model: str) -> None:
+    """Pick the model, upload an image, pick the 9-token budget, ask, and wait for the streamed answer."""
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.locator("#question textarea").wait_for()
+    page.locator("#model_selector input").click()
+    page.get_by_role("option", name=model).click()
+    page.locator("#imagebox input[type=file]").set_input_files(str(REPO / "images" / "shapes.png"))
+    page.locator("#budget").get_by_text("9 (3×3)").click()
+    page.wait_for_function("document.querySelector('#budget_info').innerText.includes('9 visual tokens')")
+    page.get_by_text("Parameters").click()
+    max_tokens = page.locator("#max_tokens input[type=number]")
+    max_tokens.fill("24")
+    max_tokens.press("Enter")
+    page.locator("#question textarea").fill("What is in the image?")
+    page.locator("#send").click()
+    page.wait_for_function(
+        "document.querySelector('#status') && document.querySelector('#status').innerText.includes('new tokens')"
+    )
+    answer = page.locator("#chatbot [data-testid=bot]").last
+    assert answer.inner_text().strip() and not answer.inner_text().strip().endswith(web.CURSOR)
+    status = page.locator("#status").inner_text()
+    assert "9 visual tokens at budget 9" in status and "24 new tokens" in status
+    assert page.locator("#chatbot [data-testid=user] img").count() == 1  # the uploaded image is in the chat
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "gradio_chat.png"), full_page=True)
