@@ -61,8 +61,11 @@ from llava.model.matryoshka import parse_scales, validate_scale
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-AnswerKey = tuple[str, int | None]
-"""(question id as a string, round index or None): what one answers-file line answers."""
+AnswerKey = tuple[str, int | None, str | None]
+"""(question id as a string, round index or None, prompt): what one answers-file line answers.
+
+The prompt is part of it because some LLaVA question files reuse an id for several questions
+(MME's id is the image path, shared by its two questions; TextVQA's is the image id)."""
 
 ANSWER_PROMPTER_MAX_NEW_TOKENS = 64
 
@@ -89,7 +92,7 @@ class Query:
 
     @property
     def key(self) -> AnswerKey:
-        return (str(self.question_id), self.round_idx)
+        return (str(self.question_id), self.round_idx, self.fields.get("prompt"))
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ def scale_answers_file(answers_file: str | Path, scale: int | None, several: boo
 
 def answer_key(record: dict[str, Any]) -> AnswerKey:
     round_idx = record.get("round_idx", record.get("round_id"))
-    return (str(record["question_id"]), round_idx)
+    return (str(record["question_id"]), round_idx, record.get("prompt"))
 
 
 def read_answered(path: Path, scale: int) -> set[AnswerKey]:
@@ -195,7 +198,7 @@ def check_unique(samples: Sequence[Sample]) -> None:
         for query in sample.queries:
             if query.key in seen:
                 what = f"question_id {query.key[0]!r}" + ("" if query.key[1] is None else f" round {query.key[1]}")
-                raise HarnessError(f"{sample.source}: {what} already appears at {seen[query.key]}")
+                raise HarnessError(f"{sample.source}: {what} with the same prompt already appears at {seen[query.key]}")
             seen[query.key] = sample.source
 
 

@@ -17,7 +17,7 @@ from generation_helpers import (
 )
 
 from llava.eval import harness, model_vqa, model_vqa_loader, sweep
-from llava.eval.scoring import textvqa
+from llava.eval.scoring import mme, textvqa
 
 
 @pytest.fixture
@@ -200,8 +200,10 @@ def test_malformed_question_lines_are_named(tmp_path: Path) -> None:
     path.write_text('{"question_id": 1, "image": "a.png"}\n')
     with pytest.raises(harness.HarnessError, match=r"q.jsonl:1: question has no 'text'"):
         model_vqa.read_samples(str(path), "")
-    path.write_text('{"question_id": 1, "text": "a"}\n{"question_id": 1, "text": "b"}\n')
-    with pytest.raises(harness.HarnessError, match=r"q.jsonl:2: question_id '1' already appears at .*q.jsonl:1"):
+    path.write_text('{"question_id": 1, "text": "a"}\n{"question_id": 1, "text": "a"}\n')
+    with pytest.raises(
+        harness.HarnessError, match=r"q.jsonl:2: question_id '1' with the same prompt already appears at .*q.jsonl:1"
+    ):
         harness.check_unique(model_vqa.read_samples(str(path), ""))
 
 
@@ -220,3 +222,35 @@ def test_an_invalid_scale_is_refused_before_any_answer(tmp_path: Path, tiny_llav
     with pytest.raises(ValueError, match=r"matryoshka_vis_token_scale=7 is not a valid .* valid values: \[1, 4, 9"):
         model_vqa.main(argv)
     assert not (tmp_path / "a_s36.jsonl").exists()
+
+
+def test_questions_sharing_an_id_are_told_apart_by_their_prompt(
+    tmp_path: Path, tiny_llava_pad: Path, work: WorkCounter
+) -> None:
+    # LLaVA's llava_mme.jsonl: the id is the image path, shared by the image's yes and the no question.
+    release = tmp_path / "MME_Benchmark_release_version"
+    write_images(release / "artwork", 2)
+    rows, gt_lines = [], {}
+    for i in range(2):
+        for j, truth in enumerate(("Yes", "No")):
+            question = f"Is this painting number {i + j}? Please answer yes or no."
+            rows.append({"question_id": f"artwork/img_{i}.png", "image": f"artwork/img_{i}.png"})
+            rows[-1]["text"] = question + "\nAnswer the question using a single word or phrase."
+            gt_lines.setdefault(i, []).append(f"{question}\t{truth}")
+    for i, lines in gt_lines.items():
+        (release / "artwork" / f"img_{i}.txt").write_text("\n".join(lines) + "\n")
+    questions = write_jsonl(tmp_path / "llava_mme.jsonl", rows)
+    answers = tmp_path / "mme.jsonl"
+    argv = common_args(tiny_llava_pad, questions, answers, "9", "--image-folder", str(release))
+    model_vqa_loader.main(argv)
+    complete = read_jsonl(answers)
+    answers.write_text("".join(answers.read_text().splitlines(keepends=True)[:3]))  # stopped before the last
+    work.reset()
+    model_vqa_loader.main(argv)
+    assert (work.tower_calls, work.generate_calls) == (1, 1)
+    assert [(line["question_id"], line["prompt"]) for line in read_jsonl(answers)] == [
+        (row["question_id"], row["text"]) for row in rows
+    ]
+    assert [line["answer_id"] for line in read_jsonl(answers)[:3]] == [line["answer_id"] for line in complete[:3]]
+    results = mme.main(["--answers", str(answers), "--gt-dir", str(release)])
+    assert results["missing_subtasks"] and "artwork" not in results["missing_subtasks"]
