@@ -18,7 +18,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from llava.constants import IMAGE_TOKEN_INDEX
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model.anyres import count_anyres_tokens, merge_anyres_features
 from llava.model.config import LlavaMultimodalConfig
 from llava.model.matryoshka import parse_scales, pool_visual_tokens, validate_scale
@@ -73,6 +73,26 @@ class MatryoshkaCausalLMOutput(CausalLMOutputWithPast):
 def _init_image_newline(model: nn.Module, module: nn.Module) -> None:
     if isinstance(module, LlavaMetaModel) and module.image_newline is not None:
         init.normal_(module.image_newline, mean=0.0, std=1 / math.sqrt(module.image_newline.shape[0]))
+
+
+def target_token_loss(
+    lm_head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """Next-token cross-entropy from (B, T, C) hidden states, projected to the vocabulary only where labelled.
+
+    Equals transformers' causal-LM loss (sum over labelled tokens / `num_items_in_batch`, else the
+    mean) without the (B, T, vocab) logits: in the M3 objective every budget would hold its own,
+    mostly for visual positions that carry no label.
+    """
+    targets = labels[:, 1:]
+    labelled = targets != IGNORE_INDEX
+    logits = lm_head(hidden[:, :-1][labelled]).float()
+    loss = nn.functional.cross_entropy(logits, targets[labelled], reduction="sum")
+    if num_items_in_batch is None:
+        return loss / labelled.sum()
+    if isinstance(num_items_in_batch, torch.Tensor):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    return loss / num_items_in_batch
 
 
 class LlavaMetaModel:
@@ -349,26 +369,27 @@ class LlavaMetaForCausalLM:
     ) -> MatryoshkaCausalLMOutput:
         """The M3 objective: the (weighted) mean over budgets of the language-model loss.
 
-        The vision tower and projector run once; each budget pools that one result.
+        The vision tower and projector run once; each budget pools that one result. Logits are
+        computed only where a label is (`target_token_loss`), so none are returned.
         """
         scales = list(scales or self.config.training_scales or [self.grid_side**2])
         weights = self.config.matryoshka_scale_weights if scales == self.config.training_scales else None
         weights = [float(w) for w in weights] if weights else [1.0] * len(scales)
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        kwargs.pop("logits_to_keep", None)
         encoded = None if images is None else self.encode_images(images)
         losses: dict[int, torch.Tensor] = {}
-        output = None
         for scale in scales:
             batch = self.prepare_multimodal_inputs(input_ids, attention_mask, labels, encoded, image_sizes, scale)
-            output = super().forward(
+            hidden = self.model(
                 inputs_embeds=batch.inputs_embeds,
                 attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids,
-                labels=batch.labels,
                 **kwargs,
-            )
-            losses[scale] = output.loss
+            ).last_hidden_state
+            losses[scale] = target_token_loss(self.lm_head, hidden, batch.labels, num_items_in_batch)
         loss = sum(w * losses[s] for s, w in zip(scales, weights)) / sum(weights)
-        return MatryoshkaCausalLMOutput(loss=loss, logits=output.logits, scale_losses=losses)
+        return MatryoshkaCausalLMOutput(loss=loss, scale_losses=losses)
 
     @torch.no_grad()
     def generate(
