@@ -394,6 +394,11 @@ def run(args: argparse.Namespace, samples: Sequence[Sample]) -> dict[int, Path]:
     """Answer the chunk's samples at every scale; returns {scale: answers file}."""
     samples = get_chunk(samples, args.num_chunks, args.chunk_idx)
     check_unique(samples)
+    # Before the model loads (minutes for a 7B one): a missing image should not wait for it.
+    missing = [s for s in samples if s.image_file is not None and not os.path.exists(s.image_file)]
+    if missing:
+        first = missing[0]
+        raise HarnessError(f"{first.source}: image file not found: {first.image_file} ({len(missing)} missing)")
     loaded = load_model(args.model_path, args.model_base, args.device or default_device())
     scales, several = resolve_scales(loaded.model, args.matryoshka_vis_token_scale)
     paths = {s: scale_answers_file(args.answers_file, s, several) for s in scales}
@@ -402,14 +407,8 @@ def run(args: argparse.Namespace, samples: Sequence[Sample]) -> dict[int, Path]:
             path.unlink(missing_ok=True)
     answered = {s: read_answered(path, s) for s, path in paths.items()}
     todo = [sample for sample in samples if any(q.key not in answered[s] for s in scales for q in sample.queries)]
-    skipped = len(samples) - len(todo)
-    if skipped:
-        logger.info("resuming: %d of %d images already answered at every scale", skipped, len(samples))
-    missing = [s for s in todo if s.image_file is not None and not os.path.exists(s.image_file)]
-    if missing:
-        raise HarnessError(
-            f"{missing[0].source}: image file not found: {missing[0].image_file} ({len(missing)} missing)"
-        )
+    if len(todo) < len(samples):
+        logger.info("resuming: %d of %d images already answered at every scale", len(samples) - len(todo), len(samples))
 
     conv_mode = args.conv_mode or select_conv_mode(loaded.name, loaded.model.config.conv_template)
     settings = GenerationSettings(args.temperature, args.top_p, args.num_beams, args.max_new_tokens)
@@ -417,11 +416,14 @@ def run(args: argparse.Namespace, samples: Sequence[Sample]) -> dict[int, Path]:
     dataset = SampleDataset(todo, loaded.tokenizer, loaded.image_processor, loaded.model.config, conv_mode)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=_keep_list)
     writer = AnswerWriter(paths, loaded.name)
+    progress = tqdm(total=len(todo), desc=f"answering at {len(scales)} scale(s)", unit="image")
     try:
-        for batch in tqdm(loader, total=len(loader), desc="batches", unit="batch"):
+        for batch in loader:
             pending = {s: {q.key for p in batch for q in p.sample.queries} - answered[s] for s in scales}
             answerer.answer(batch, {s: keys for s, keys in pending.items() if keys}, writer.write)
+            progress.update(len(batch))
     finally:
+        progress.close()
         writer.close()
     order = [q.key for sample in samples for q in sample.queries]
     for path in paths.values():
