@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import torch
 from PIL import Image
@@ -284,7 +284,7 @@ class AnswerWriter:
     def __init__(self, paths: dict[int, Path], model_id: str):
         self.paths = paths
         self.model_id = model_id
-        self.files = {}
+        self.files: dict[int, TextIO] = {}
         for scale, path in paths.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             self.files[scale] = open(path, "a", encoding="utf-8")
