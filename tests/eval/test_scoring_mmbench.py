@@ -106,3 +106,11 @@ def test_test_split_without_answers_writes_only_the_submission(tmp_path, write_a
     results, per_sample = mmbench.evaluate(path, write_answers({0: "A"}), submission)
     assert results["score"] is None and per_sample is None
     assert openpyxl.load_workbook(submission).active["E2"].value == "A"  # columns: index, question, A, B, prediction
+
+
+def test_control_characters_in_a_prediction_do_not_break_the_submission(tmp_path, write_answers) -> None:
+    path = tmp_path / "mmbench_test.tsv"
+    pd.DataFrame([{"index": 0, "question": "q", "A": "a", "B": "b", "image": ""}]).to_csv(path, sep="\t", index=False)
+    submission = tmp_path / "test.xlsx"
+    mmbench.evaluate(path, write_answers({0: "A\x00\x1b"}), submission)
+    assert openpyxl.load_workbook(submission).active["E2"].value == "A"

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
 from llava.eval.scoring.common import (
     Answer,
@@ -198,7 +199,8 @@ def write_submission(
     """The upload spreadsheet: TSV columns except `image`, plus the round-0 `prediction` per row."""
     sheet = table.drop(columns=[c for c in ("image",) if c in table.columns]).copy()
     round0 = {index: dict(rounds).get(0, "") for index, rounds in answers_by_row.items()}
-    sheet["prediction"] = [round0.get(int(index), "") for index in sheet["index"]]
+    # Excel cannot store control characters; a model's raw output may contain some.
+    sheet["prediction"] = [ILLEGAL_CHARACTERS_RE.sub("", round0.get(int(index), "")) for index in sheet["index"]]
     sheet["index"] = sheet["index"].astype(int)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sheet.to_excel(path, index=False, engine="openpyxl")
