@@ -290,7 +290,6 @@ class LlavaMetaForCausalLM:
     ) -> SplicedBatch:
         """Token ids with `<image>` placeholders → the language model's input embeddings."""
         placeholders = count_image_placeholders(input_ids, attention_mask)
-        text_embeds = self.get_input_embeddings()(input_ids.clamp(min=0))
         features: list[torch.Tensor] = []
         if images is not None or sum(placeholders):
             if images is None:
@@ -301,6 +300,10 @@ class LlavaMetaForCausalLM:
             check_image_count(placeholders, num_images)
             owner = torch.arange(len(placeholders)).repeat_interleave(torch.tensor(placeholders, dtype=torch.long))
             features = self.visual_tokens(encoded, [sample_scales[i] for i in owner.tolist()], image_sizes)
+        # Embedded after the images on purpose: every path (one budget, the M3 loop, a text-only batch
+        # after the trainer's idle tower pass) then runs tower → projector → embeddings → layers, the
+        # same module order on every rank, which ZeRO-3's collective parameter gathering requires.
+        text_embeds = self.get_input_embeddings()(input_ids.clamp(min=0))
         max_length = self.config.tokenizer_model_max_length if labels is not None else None
         return splice_visual_tokens(
             input_ids,
