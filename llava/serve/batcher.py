@@ -3,6 +3,9 @@
 Requests wait in a queue; the thread takes the first, gathers whatever else arrives within
 `batch_wait_s` up to `max_batch_size`, and runs them as one `InferenceEngine.run_batch` (mixed
 scales and sampling settings in one batch). While a batch runs, new requests queue for the next.
+Requests the server has already received but is still decoding (announced with `expect`) are
+waited for up to `max_wait_s`: without that, clients that send together were split into small
+batches just because their images were decoded one after another.
 Each scheduler owns its queue, thread and counters; nothing is shared between schedulers.
 """
 
@@ -29,15 +32,23 @@ class SchedulerStats:
 class BatchScheduler:
     """Feeds an engine from a queue, `max_batch_size` requests at a time."""
 
-    def __init__(self, engine: InferenceEngine, max_batch_size: int = 8, batch_wait_s: float = 0.005) -> None:
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        max_batch_size: int = 8,
+        batch_wait_s: float = 0.005,
+        max_wait_s: float = 0.05,
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
+        self.max_wait_s = max(max_wait_s, batch_wait_s)
         self.stats = SchedulerStats()
         self._queue: queue.Queue[Job] = queue.Queue()
         self._running = 0
+        self._incoming = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -64,6 +75,16 @@ class BatchScheduler:
 
     def submit(self, job: Job) -> None:
         self._queue.put(job)
+
+    def expect(self) -> None:
+        """Announce a request that is being prepared and will probably be submitted soon."""
+        with self._lock:
+            self._incoming += 1
+
+    def expected_done(self) -> None:
+        """The announced request was submitted or refused."""
+        with self._lock:
+            self._incoming -= 1
 
     @property
     def queue_length(self) -> int:
@@ -95,12 +116,19 @@ class BatchScheduler:
 
     def _gather(self, first: Job) -> list[Job]:
         batch = [first]
-        deadline = time.monotonic() + self.batch_wait_s
+        start = time.monotonic()
         while len(batch) < self.max_batch_size:
-            remaining = deadline - time.monotonic()
+            waited = time.monotonic() - start
+            with self._lock:
+                incoming = self._incoming
+            if waited >= self.batch_wait_s and (incoming == 0 or waited >= self.max_wait_s):
+                try:
+                    batch.append(self._queue.get_nowait())
+                    continue
+                except queue.Empty:
+                    break
             try:
-                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                batch.append(self._queue.get(timeout=0.002))
             except queue.Empty:
-                break
-            batch.append(job)
+                continue
         return [job for job in batch if not job.cancelled]

@@ -154,15 +154,17 @@ def create_app(service: ModelService, link: ControllerLink | None = None, api_ke
     @app.post("/worker_generate_stream")
     async def worker_generate_stream(request: Request) -> Any:
         try:
-            params = parse_model(WorkerGenerateParams, await read_json_body(request, service.limits.max_request_bytes))
-            if params.model is not None and params.model != service.model_name:
-                raise RequestError(404, f"this worker serves {service.model_name!r}, not {params.model!r}")
-            stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or [])
-            sampling = SamplingParams(params.temperature, params.top_p, params.max_new_tokens, tuple(stop))
-            prepared = await service.prepare(
-                params.prompt, params.images or [], params.matryoshka_vis_token_scale, sampling
-            )
-            stream = service.open_stream(prepared)
+            with service.admission():
+                body = await read_json_body(request, service.limits.max_request_bytes)
+                params = parse_model(WorkerGenerateParams, body)
+                if params.model is not None and params.model != service.model_name:
+                    raise RequestError(404, f"this worker serves {service.model_name!r}, not {params.model!r}")
+                stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or [])
+                sampling = SamplingParams(params.temperature, params.top_p, params.max_new_tokens, tuple(stop))
+                prepared = await service.prepare(
+                    params.prompt, params.images or [], params.matryoshka_vis_token_scale, sampling
+                )
+                stream = service.open_stream(prepared)
         except RequestError as e:
             logger.info("refused a request: %s", e)
             return worker_error(e)

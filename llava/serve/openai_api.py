@@ -31,7 +31,13 @@ from llava.serve.engine import PreparedRequest, SamplingParams
 from llava.serve.errors import RequestError
 from llava.serve.http import parse_model, read_json_body, run_server
 from llava.serve.prompting import ChatTurn, build_chat_prompt
-from llava.serve.service import ModelService, add_model_arguments, add_serving_arguments, service_from_args
+from llava.serve.service import (
+    ChunkStream,
+    ModelService,
+    add_model_arguments,
+    add_serving_arguments,
+    service_from_args,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -149,26 +155,31 @@ def create_openai_router(service: ModelService, api_key: str | None = None) -> A
         }
         return {"object": "list", "data": [card]}
 
+    async def start(request: Request) -> tuple[ChatCompletionRequest, PreparedRequest, ChunkStream]:
+        """Check, parse, validate and queue a chat completion; raises `RequestError`."""
+        check_key(request)
+        body = parse_model(ChatCompletionRequest, await read_json_body(request, service.limits.max_request_bytes))
+        if body.model != service.model_name:
+            raise RequestError(
+                404, f"model {body.model!r} is not served here; available: [{service.model_name!r}]", "model"
+            )
+        try:
+            prompt, images, template_stop = build_chat_prompt(_turns(body.messages), service.engine.conv_mode)
+        except ValueError as e:
+            raise RequestError(400, str(e), "messages") from None
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if template_stop:
+            stop.append(template_stop)
+        max_tokens = body.max_completion_tokens or body.max_tokens or service.engine.max_new_tokens_limit
+        sampling = SamplingParams(body.temperature, body.top_p, max_tokens, tuple(stop))
+        prepared = await service.prepare(prompt, images, body.matryoshka_vis_token_scale, sampling)
+        return body, prepared, service.open_stream(prepared)
+
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         try:
-            check_key(request)
-            body = parse_model(ChatCompletionRequest, await read_json_body(request, service.limits.max_request_bytes))
-            if body.model != service.model_name:
-                raise RequestError(
-                    404, f"model {body.model!r} is not served here; available: [{service.model_name!r}]", "model"
-                )
-            try:
-                prompt, images, template_stop = build_chat_prompt(_turns(body.messages), service.engine.conv_mode)
-            except ValueError as e:
-                raise RequestError(400, str(e), "messages") from None
-            stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-            if template_stop:
-                stop.append(template_stop)
-            max_tokens = body.max_completion_tokens or body.max_tokens or service.engine.max_new_tokens_limit
-            sampling = SamplingParams(body.temperature, body.top_p, max_tokens, tuple(stop))
-            prepared = await service.prepare(prompt, images, body.matryoshka_vis_token_scale, sampling)
-            stream = service.open_stream(prepared)
+            with service.admission():
+                body, prepared, stream = await start(request)
         except RequestError as e:
             logger.info("refused a chat completion: %s", e)
             return openai_error(e)
