@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # and an unchanged file skips it.
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-.PHONY: install test lint
+.PHONY: install test lint demo
 
 install: $(STAMP)
 
@@ -29,3 +29,8 @@ test: install
 
 lint: install
 	$(VENV_PY) -m ruff check .
+
+# M3 on a laptop CPU: score the shipped tiny M3-Shapes model at every visual-token budget
+# (table on stdout, plot in playground/data/shapes-demo/shapes_accuracy.png).
+demo: install
+	$(VENV_PY) -m llava.eval.shapes_demo
