@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The M3 recipe: finetune LLaVA-1.5 on all five visual-token budgets at once (576/144/36/9/1 tokens per image).
+# One epoch of llava_v1_5_mix665k, global batch 128, lr 2e-5, no weight decay, max length 2048, ZeRO-3,
+# vision tower unfrozen at 2e-5. The loss is the mean of the per-budget losses (logged as loss_<budget>).
+# The GPU count is read from nvidia-smi (or NUM_GPUS); the global batch stays 128 by gradient accumulation.
+set -euo pipefail
+
+NUM_GPUS=${NUM_GPUS:-$(nvidia-smi --list-gpus 2>/dev/null | wc -l || true)}
+if [ "${NUM_GPUS:-0}" -lt 1 ]; then NUM_GPUS=1; fi
+GLOBAL_BATCH=${GLOBAL_BATCH:-128}
+PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-16}
+GRAD_ACC=$(( GLOBAL_BATCH / (PER_DEVICE_BATCH * NUM_GPUS) ))
+if [ "$GRAD_ACC" -lt 1 ] || [ $(( GRAD_ACC * PER_DEVICE_BATCH * NUM_GPUS )) -ne "$GLOBAL_BATCH" ]; then
+    echo "global batch $GLOBAL_BATCH is not a multiple of $PER_DEVICE_BATCH per GPU x $NUM_GPUS GPUs: set PER_DEVICE_BATCH" >&2
+    exit 1
+fi
+
+deepspeed --num_gpus "$NUM_GPUS" --module llava.train.train \
+    --deepspeed ./scripts/zero3.json \
+    --model_name_or_path "${MODEL:-liuhaotian/llava-v1.5-7b}" \
+    --version v1 \
+    --data_path ./playground/data/llava_v1_5_mix665k.json \
+    --image_folder ./playground/data \
+    --vision_tower openai/clip-vit-large-patch14-336 \
+    --mm_projector_type mlp2x_gelu \
+    --mm_vision_select_layer -2 \
+    --mm_use_im_start_end False \
+    --mm_use_im_patch_token False \
+    --image_aspect_ratio pad \
+    --group_by_modality_length True \
+    --unfreeze_mm_vision_tower True \
+    --mm_vision_tower_lr 2e-5 \
+    --matryoshka_vis_token_scale "1,9,36,144,576" \
+    --bf16 True \
+    --output_dir "${OUTPUT_DIR:-./checkpoints/llava-v1.5-7b-m3}" \
+    --num_train_epochs 1 \
+    --per_device_train_batch_size "$PER_DEVICE_BATCH" \
+    --gradient_accumulation_steps "$GRAD_ACC" \
+    --eval_strategy no \
+    --save_strategy steps \
+    --save_steps 1000 \
+    --save_total_limit 1 \
+    --learning_rate 2e-5 \
+    --weight_decay 0. \
+    --warmup_steps 0.03 \
+    --lr_scheduler_type cosine \
+    --logging_steps 1 \
+    --tf32 True \
+    --model_max_length 2048 \
+    --gradient_checkpointing True \
+    --dataloader_num_workers 4 \
+    --lazy_preprocess True \
+    --report_to "${REPORT_TO:-wandb}"
