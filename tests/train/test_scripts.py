@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -84,3 +85,14 @@ def test_llava_flag_names_dropped_by_transformers_5_still_work(tmp_path):
     assert args.get_warmup_steps(1000) == 30 and args.eval_strategy == "no"
     with pytest.raises(ValueError, match="not both"):
         parser.parse_args_into_dataclasses(argv + ["--warmup_ratio", "0.03", "--warmup_steps", "10"])
+
+
+def test_bench_train_smoke(tmp_path):
+    """The benchmark runs end to end; the tower runs once per step for M3 and once per budget for naive."""
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks/bench_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = bench.main(["--steps", "1", "--warmup", "0", "--batch-size", "2", "--output", str(tmp_path / "b.json")])
+    calls = {name: result["tower_calls_per_step"] for name, result in report["results"].items()}
+    assert calls == {"m3": 1, "single": 1, "single_m3_path": 1, "naive": 5}
+    assert json.loads((tmp_path / "b.json").read_text())["scales"] == [1, 9, 36, 144, 576]
