@@ -25,7 +25,6 @@ from PIL import Image
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import Conversation, get_conv_template, process_image, select_conv_mode
-from llava.model.matryoshka import TRAINED_SCALES
 from llava.serve.prompting import template_stop
 
 logger = logging.getLogger(__name__)
@@ -34,6 +33,9 @@ DEFAULT_EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "images"
 IMAGE_PROCESS_MODES = ["Crop", "Resize", "Pad", "Default"]
 CURSOR = "▌"
 MAX_INPUT_CHARS = 1536
+# The five budgets M3 is trained on (llava.model.matryoshka.TRAINED_SCALES, not imported: it would pull
+# torch and transformers into a process that only draws the page).
+BUDGETS = (1, 9, 36, 144, 576)
 
 
 class ControllerClient:
@@ -95,7 +97,7 @@ class ControllerClient:
                     yield json.loads(line)
 
 
-def budget_choices(scales: Sequence[int] = TRAINED_SCALES) -> list[tuple[str, int]]:
+def budget_choices(scales: Sequence[int] = BUDGETS) -> list[tuple[str, int]]:
     """Radio choices "9 (3×3)": the budget and the token grid it pools each crop to."""
     return [(f"{s} ({round(s**0.5)}×{round(s**0.5)})", s) for s in sorted(scales)]
 
@@ -218,7 +220,7 @@ class WebDemo:
                     yield state, chatbot_messages(state), f"error {data['error_code']}"
                     return
                 output = data["text"][len(prompt) :].strip()
-                state.messages[-1][-1] = output + CURSOR
+                state.messages[-1][-1] = output if "finish_reason" in data else output + CURSOR
                 if "usage" in data:
                     usage = data["usage"]
                     status = (

@@ -47,9 +47,9 @@ def test_a_forming_batch_waits_for_requests_still_being_prepared(engine: Inferen
             scheduler.submit(job(engine, scale, finished[i], tokens))
             scheduler.expected_done()
         assert all(event.wait(30) for event in finished)
-        assert scheduler.stats.batches == 1 and scheduler.stats.largest_batch == 3  # mixed scales, one batch
     finally:
-        scheduler.stop()
+        scheduler.stop()  # joins the thread, so the stats below are final
+    assert scheduler.stats.batches == 1 and scheduler.stats.largest_batch == 3  # mixed scales, one batch
 
 
 def test_without_announcements_a_batch_leaves_after_batch_wait(engine: InferenceEngine) -> None:
@@ -62,10 +62,10 @@ def test_without_announcements_a_batch_leaves_after_batch_wait(engine: Inference
         assert finished[0].wait(30)
         scheduler.submit(job(engine, 9, finished[1], tokens))
         assert finished[1].wait(30)
-        assert scheduler.stats.batches == 2 and scheduler.stats.largest_batch == 1
-        assert scheduler.queue_length == 0
     finally:
         scheduler.stop()
+    assert scheduler.stats.batches == 2 and scheduler.stats.largest_batch == 1
+    assert scheduler.queue_length == 0
 
 
 def test_the_mailbox_wakes_the_loop_for_first_and_last_chunks_and_batches_the_rest() -> None:

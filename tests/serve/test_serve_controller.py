@@ -73,17 +73,17 @@ def test_register_list_dispatch_and_stream_through_the_controller(tiny_llava_pad
 
 
 def test_a_worker_that_stops_beating_is_dropped(tiny_llava_pad: Path) -> None:
-    controller = start_controller(heartbeat_expiration=1.0)
+    controller = start_controller(heartbeat_expiration=2.0)
     worker = start_worker(tiny_llava_pad, controller.url, heartbeat=0.2)
     try:
         with httpx.Client(base_url=controller.url, timeout=30) as client:
             wait_for(lambda: list_models(client) == [tiny_llava_pad.name], what="registration")
-            time.sleep(1.5)  # longer than the expiration: the heartbeats keep it registered
+            time.sleep(2.5)  # longer than the expiration: the heartbeats keep it registered
             assert list_models(client) == [tiny_llava_pad.name]
             worker.stop()
             stopped = time.monotonic()
-            wait_for(lambda: list_models(client) == [], timeout=5, what="the dead worker to be dropped")
-            assert time.monotonic() - stopped >= 0.5
+            wait_for(lambda: list_models(client) == [], timeout=10, what="the dead worker to be dropped")
+            assert time.monotonic() - stopped >= 1.0
             assert client.post("/receive_heart_beat", json={"worker_name": worker.url}).json() == {"exist": False}
     finally:
         worker.stop()

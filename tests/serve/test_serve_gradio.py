@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,6 +59,20 @@ def test_handlers_stream_an_answer_at_the_chosen_budget(stack, tiny_llava_pad: P
     state, _, _ = demo.regenerate(states[-1][0])
     again = list(demo.http_bot(state, model, 9, 0.0, 1.0, 6))
     assert last_answer(again) == last_answer(states)  # greedy: the same answer again
+
+
+def test_a_refused_request_shows_the_workers_message(stack, tiny_llava_pad: Path) -> None:
+    controller, _ = stack
+    demo = web.WebDemo(web.ControllerClient(controller.url), examples_dir=None)
+    state, *_ = demo.add_text(None, "What is it?", Image.new("RGB", (30, 30)), "Default")
+    answer = last_answer(list(demo.http_bot(state, tiny_llava_pad.name, 10, 0.2, 0.7, 4)))
+    assert answer.startswith("**Error 400:**") and "valid values" in answer
+
+
+def test_the_web_server_and_controller_do_not_import_torch() -> None:
+    code = "import sys, llava.serve.gradio_web_server, llava.serve.controller; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.stdout.strip() == "False", result.stderr
 
 
 def test_budget_text_counts_anyres_crops(stack, tiny_llava_anyres: Path) -> None:
@@ -124,9 +140,8 @@ def drive_the_page(page, url: str, model: str) -> None:
     page.locator("#budget").get_by_text("9 (3×3)").click()
     page.wait_for_function("document.querySelector('#budget_info').innerText.includes('9 visual tokens')")
     page.get_by_text("Parameters").click()
-    max_tokens = page.locator("#max_tokens input[type=number]")
-    max_tokens.fill("24")
-    max_tokens.press("Enter")
+    set_number(page.locator("#temperature input[type=number]"), "0")  # greedy: the same answer every run
+    set_number(page.locator("#max_tokens input[type=number]"), "24")
     page.locator("#question textarea").fill("What is in the image?")
     page.locator("#send").click()
     page.wait_for_function(
@@ -139,3 +154,15 @@ def drive_the_page(page, url: str, model: str) -> None:
     assert page.locator("#chatbot [data-testid=user] img").count() == 1  # the uploaded image is in the chat
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "gradio_chat.png"), full_page=True)
+
+
+def set_number(field, value: str) -> None:
+    """Type into a Gradio number box until the value sticks (the accordion may re-render it while opening)."""
+    for _ in range(20):
+        field.fill(value)
+        field.press("Enter")
+        field.blur()
+        field.page.wait_for_timeout(150)
+        if field.input_value() == value:
+            return
+    raise AssertionError(f"the number box kept {field.input_value()!r} instead of {value!r}")
