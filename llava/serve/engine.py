@@ -113,7 +113,7 @@ class InferenceEngine:
         max_images: int = DEFAULT_MAX_IMAGES,
         default_scale: int | None = None,
     ) -> None:
-        if model.get_vision_tower() is None:
+        if not hasattr(model, "get_vision_tower") or model.get_vision_tower() is None:
             raise ValueError(f"{model_name} has no vision tower; the M3 servers serve LLaVA/M3 checkpoints only")
         self.tokenizer = tokenizer
         self.model = model

@@ -38,6 +38,8 @@ from llava.serve.media import MIB, ImagePolicy, decode_image
 
 @dataclass(frozen=True)
 class ServiceLimits:
+    """What a server accepts before it decodes anything (413 / 503 beyond)."""
+
     max_request_bytes: int = 32 * MIB
     max_queued_requests: int = 256
     image: ImagePolicy = field(default_factory=ImagePolicy)
