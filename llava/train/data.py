@@ -262,8 +262,14 @@ class LazySupervisedDataset(Dataset):
                 "" if overlong == "drop" else " (truncating would cut an image or every answer)",
                 _preview(dropped),
             )
-        if not keep:
-            raise DataValidationError(f"{self.data_path}: no record fits model_max_length={self.max_length}")
+        with_images = [i for i, tokens in enumerate(self.image_tokens) if tokens]
+        if not keep or (with_images and not any(self.image_tokens[i] for i in keep)):
+            what = "record" if not keep else "record with an image"
+            shortest = min(lengths[i] for i in (with_images or range(len(lengths))))
+            raise DataValidationError(
+                f"{self.data_path}: no {what} fits model_max_length={self.max_length} (visual tokens at the largest "
+                f"training budget included; the shortest needs {shortest}): raise --model_max_length"
+            )
         self.indices = keep
         self.records = records
         self.lengths = [lengths[i] for i in keep]

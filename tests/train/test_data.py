@@ -137,15 +137,25 @@ def test_overlong_sample_is_dropped_when_asked(make_dataset, caplog):
 
 
 def test_sample_whose_image_does_not_fit_is_dropped_even_when_truncating(make_dataset, caplog):
-    records = [qa("<image>\nWhat color?"), TEXT_ONLY_RECORDS[0]]
+    chatter = " ".join(["what color is the background"] * 12)
+    late_image = {
+        "id": "late",
+        "image": IMAGE,
+        "conversations": [
+            {"from": "human", "value": chatter},
+            {"from": "gpt", "value": "gray"},
+            {"from": "human", "value": "<image>\nWhat color?"},
+            {"from": "gpt", "value": "red"},
+        ],
+    }
     with caplog.at_level(logging.WARNING, logger="llava.train.data"):
-        dataset = make_dataset(records, max_length=500)
-    assert dataset.dropped == [0] and len(dataset) == 1
+        dataset = make_dataset([qa("<image>\nWhat color?"), late_image], max_length=700)
+    assert dataset.dropped == [1] and len(dataset) == 1
     assert "truncating would cut an image or every answer" in caplog.text
 
 
 def test_nothing_fits_is_an_error(make_dataset):
-    with pytest.raises(DataValidationError, match="no record fits model_max_length=100"):
+    with pytest.raises(DataValidationError, match="no record fits model_max_length=100 .*the shortest needs 6"):
         make_dataset([qa("<image>\nWhat color?")], max_length=100)
 
 
@@ -183,3 +193,9 @@ def test_anyres_images_are_crop_stacks_and_cost_their_real_token_count(make_data
     sample = dataset[0]
     assert sample["images"][0].shape == (1 + columns * rows, 3, 48, 48)
     assert dataset.lengths[0] == expanded_length(sample["input_ids"].tolist(), [budget.tokens((48, 48))])
+
+
+def test_dropping_every_image_sample_is_an_error(make_dataset):
+    """LLaVA's default --model_max_length 512 is shorter than one image at 576 tokens: say so, train nothing."""
+    with pytest.raises(DataValidationError, match="no record with an image fits model_max_length=512"):
+        make_dataset([qa("<image>\nWhat color?"), TEXT_ONLY_RECORDS[0]], max_length=512)
