@@ -25,6 +25,7 @@ $(STAMP):
 	touch $@
 
 test: install
+	bash scripts/ensure_chromium.sh || echo "chromium could not be installed: the browser test will be skipped"
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
