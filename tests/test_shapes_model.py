@@ -1,0 +1,83 @@
+"""The shipped tiny M3-Shapes checkpoint, scored through the demo's own path (load_pretrained_model + generate).
+
+Runs the demo evaluation on a fixed subset of the held-out split and checks the table against
+issue 4's targets. Targets the shipped model does not reach yet are strict xfails: they document
+the gap in the test report, and they turn into failures the day a better checkpoint reaches them,
+so whoever ships it must promote them to plain asserts. The regression guards below them pin what
+the shipped model does achieve (measured values in playground/shapes-m3-tiny/README.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llava.eval.shapes_demo import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+M3_MODEL = ROOT / "playground" / "shapes-m3-tiny"
+BASELINE_MODEL = ROOT / "playground" / "shapes-576-tiny"
+NUM_IMAGES = 40
+SCALES = (576, 9, 1)
+
+pytestmark = pytest.mark.skipif(not (M3_MODEL / "model.safetensors").exists(), reason="no shipped checkpoint")
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict]:
+    return evaluate(M3_MODEL, tmp_path_factory.mktemp("shapes-test"), NUM_IMAGES, SCALES)
+
+
+@pytest.fixture(scope="module")
+def baseline_table(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict]:
+    if not (BASELINE_MODEL / "model.safetensors").exists():
+        pytest.skip("no shipped 576-only baseline")
+    return evaluate(BASELINE_MODEL, tmp_path_factory.mktemp("shapes-test-576"), NUM_IMAGES, SCALES)
+
+
+def accuracy(results: dict, key: str | None = None) -> float:
+    if key is None:
+        return results["accuracy"]
+    return results["by_difficulty"][key]["accuracy"]
+
+
+def test_every_question_answered(table: dict[int, dict]) -> None:
+    for scale, results in table.items():
+        assert results["missing"] == 0, scale
+        assert results["total"] > 5 * NUM_IMAGES
+
+
+@pytest.mark.xfail(strict=True, reason="issue 4 target not reached by the shipped checkpoint (see its README)")
+def test_target_overall_at_576(table: dict[int, dict]) -> None:
+    assert accuracy(table[576]) >= 0.85
+
+
+@pytest.mark.xfail(strict=True, reason="issue 4 target not reached by the shipped checkpoint (see its README)")
+def test_target_coarse_even_at_one_token(table: dict[int, dict]) -> None:
+    assert all(accuracy(table[s], "coarse") >= 0.90 for s in SCALES)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 4 target not reached by the shipped checkpoint (see its README)")
+def test_target_fine_falls_with_budget(table: dict[int, dict]) -> None:
+    assert accuracy(table[576], "fine") >= accuracy(table[1], "fine") + 0.10
+
+
+def test_background_colour_read_at_every_budget(table: dict[int, dict]) -> None:
+    # What the shipped model reliably learned: the colour that fills most of every visual token.
+    for scale, results in table.items():
+        assert results["by_question_type"]["background_color"]["accuracy"] >= 0.95, scale
+
+
+def test_better_than_answer_prior(table: dict[int, dict]) -> None:
+    # The answer-prior plateau (background colour right, everything else at the prior) sits near 40%.
+    assert accuracy(table[576]) >= 0.38
+
+
+def test_m3_beats_single_scale_training_at_small_budgets(
+    table: dict[int, dict], baseline_table: dict[int, dict]
+) -> None:
+    # The paper's Table 4 in miniature: alike at 576 tokens, far apart once pooled to 9 or 1.
+    assert abs(accuracy(table[576]) - accuracy(baseline_table[576])) <= 0.10
+    for scale in (9, 1):
+        assert accuracy(table[scale]) >= accuracy(baseline_table[scale]) + 0.20, scale
