@@ -125,7 +125,8 @@ def test_sampled_and_greedy_rows_share_a_batch(engine: InferenceEngine) -> None:
     (alone,) = run(engine, greedy)
     together = run(engine, greedy, sampled)
     assert together[0][-1].text == alone[-1].text
-    assert together[1][-1].finish_reason == "length"
+    # The sampled row may draw the end-of-sequence token before its 6-token limit.
+    assert together[1][-1].finish_reason in ("length", "stop")
 
 
 def test_per_row_sampling_keeps_the_argmax_for_greedy_rows_and_the_nucleus_for_others() -> None:
