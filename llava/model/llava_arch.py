@@ -327,12 +327,15 @@ class LlavaMetaForCausalLM:
         images: ImageInput | EncodedImages | None = None,
         image_sizes: Sequence[tuple[int, int]] | None = None,
         matryoshka_vis_token_scale: ScaleArg = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Language-model forward with images spliced in at `matryoshka_vis_token_scale`.
 
         In training mode with labels, no per-call scale and a list of scales in the config, the
-        loss is the M3 objective (see `matryoshka_forward`).
+        loss is the M3 objective (see `matryoshka_forward`). `logits_to_keep` is named here, not
+        left in `**kwargs`, because `generate` looks for it in this signature to project only the
+        last position to the vocabulary during prefill.
         """
         if inputs_embeds is None and input_ids is not None and self.get_vision_tower() is not None:
             scales = self.config.training_scales
@@ -357,6 +360,7 @@ class LlavaMetaForCausalLM:
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             labels=labels,
+            logits_to_keep=logits_to_keep,
             **kwargs,
         )
 

@@ -265,3 +265,17 @@ def test_vectorised_splice_equals_a_naive_loop():
             assert out.labels[b, row].tolist() == lab
             assert out.position_ids[b, row].tolist() == list(range(n))
             assert (row[0] == 0) if side == "right" else (row[-1] == out.attention_mask.shape[1] - 1)
+
+
+def test_generate_projects_only_the_last_prompt_position_to_the_vocabulary(pad_model):
+    """transformers' generate passes logits_to_keep=1 only when forward's signature names it."""
+    tokenizer, model = pad_model
+    rows = []
+    handle = model.lm_head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[1]))
+    try:
+        model.generate(
+            torch.tensor([prompt(tokenizer)]), images=torch.randn(1, 3, 48, 48), max_new_tokens=2, min_new_tokens=2
+        )
+    finally:
+        handle.remove()
+    assert rows == [1, 1]
