@@ -116,7 +116,7 @@ def bench_m3(model, aspect, batch, scale, args) -> dict[str, float]:
     with torch.inference_mode():
         t_vision = timed(lambda: model.encode_images(pixels), args.device, args.repeats)
         ttft = timed(lambda: generate(1), args.device, args.repeats)
-        t_all = timed(lambda: generate(args.new_tokens), args.device, max(1, args.repeats // 2))
+        t_all = timed(lambda: generate(args.new_tokens), args.device, args.repeats)
         encoded = model.encode_images(pixels)
 
         def prefill():
@@ -194,7 +194,7 @@ def compare_with_transformers(hf, model, aspect, batch, args) -> dict[str, float
     ours, theirs = m3_generator(model, aspect, batch, 576, args), hf_generator(hf, model, aspect, batch, args)
     ttft_ours, ttft_hf = timed_together([lambda: ours(1), lambda: theirs(1)], args.device, args.repeats)
     all_ours, all_hf = timed_together(
-        [lambda: ours(args.new_tokens), lambda: theirs(args.new_tokens)], args.device, max(1, args.repeats // 2)
+        [lambda: ours(args.new_tokens), lambda: theirs(args.new_tokens)], args.device, args.repeats
     )
     steps = batch * (args.new_tokens - 1)
     return {
@@ -306,7 +306,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--aspects", default="pad,anyres")
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--scales", default=",".join(map(str, SCALES)))
-    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument(
+        "--new-tokens",
+        type=int,
+        default=32,
+        help="tokens per timed generation; decode speed is (n-1) / (t(n) - t(1)), so short runs are noisy",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--out", default=None, help="write the JSON results here")
