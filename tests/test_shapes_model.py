@@ -53,7 +53,6 @@ def test_target_overall_at_576(table: dict[int, dict]) -> None:
     assert accuracy(table[576]) >= 0.85
 
 
-@pytest.mark.xfail(strict=True, reason="issue 4 target not reached by the shipped checkpoint (see its README)")
 def test_target_coarse_even_at_one_token(table: dict[int, dict]) -> None:
     assert all(accuracy(table[s], "coarse") >= 0.90 for s in SCALES)
 
@@ -77,7 +76,9 @@ def test_better_than_answer_prior(table: dict[int, dict]) -> None:
 def test_m3_beats_single_scale_training_at_small_budgets(
     table: dict[int, dict], baseline_table: dict[int, dict]
 ) -> None:
-    # The paper's Table 4 in miniature: alike at 576 tokens, far apart once pooled to 9 or 1.
-    assert abs(accuracy(table[576]) - accuracy(baseline_table[576])) <= 0.10
+    # The paper's Table 4 in miniature: far apart once pooled to 9 or 1. The shipped M3 model (budget
+    # curriculum, 4780 steps) is also well ahead at 576 of the 400-step single-scale baseline, so only
+    # "not worse at 576" is asserted there.
+    assert accuracy(table[576]) >= accuracy(baseline_table[576]) - 0.10
     for scale in (9, 1):
         assert accuracy(table[scale]) >= accuracy(baseline_table[scale]) + 0.20, scale
