@@ -139,11 +139,14 @@ def percent(numerator: float, denominator: int) -> float:
     return 100.0 * numerator / denominator if denominator else 0.0
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON (UTF-8, non-ASCII kept: MMBench-CN answers are Chinese), creating parent folders."""
+def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    """Write JSON (UTF-8, non-ASCII kept: MMBench-CN answers are Chinese), creating parent folders.
+
+    `indent=None` writes one compact line, as the test servers' submission files are.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def write_outputs(

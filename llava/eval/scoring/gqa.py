@@ -18,7 +18,6 @@ Every balanced question needs a prediction: a missing one is an error naming it.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -35,6 +34,7 @@ from llava.eval.scoring.common import (
     read_answers,
     read_json,
     run_cli,
+    write_json,
     write_outputs,
 )
 
@@ -143,8 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
     if args.command == "convert":
         entries = convert(read_answers(args.answers))
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(entries), encoding="utf-8")
+        write_json(args.output, entries, indent=None)
         print(f"wrote {len(entries)} predictions to {args.output}")
         return None
     results, per_sample = evaluate(args.questions, args.answers)

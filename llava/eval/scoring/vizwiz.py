@@ -16,7 +16,6 @@ annotation list `[{"image", "question", "answers": [{"answer", "answer_confidenc
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from llava.eval.scoring.common import (
     read_json,
     read_jsonl,
     run_cli,
+    write_json,
     write_outputs,
 )
 from llava.eval.scoring.vqa import fill_submission, score_vqa, vqa_results
@@ -107,8 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
     if args.command == "submit":
         entries = submission(args.question_file, args.answers)
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(entries), encoding="utf-8")
+        write_json(args.output, entries, indent=None)
         print(f"wrote {len(entries)} answers to {args.output}")
         return None
     results, per_sample = evaluate(args.annotation_file, args.question_file, args.answers)
