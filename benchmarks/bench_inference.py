@@ -227,8 +227,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row = {"aspect": aspect, "batch": batch, "scale": scale, **bench_m3(model, aspect, batch, scale, args)}
                 results["rows"].append(row)
                 print(f"{aspect} b={batch} s={scale}: ttft {row['ttft_s']:.4f}s", flush=True)
+        if args.compile:
+            results.setdefault("compiled", []).extend(bench_compiled(model, aspect, results["rows"], args))
         del model, hf
     return results
+
+
+def bench_compiled(model, aspect: str, eager_rows: list[dict], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """After the eager rows: `compile_vision()` the same model and time vision and TTFT again."""
+    model.compile_vision()
+    out = []
+    for batch in args.batch_sizes:
+        ids, pixels, sizes = make_inputs(model, aspect, batch, args.device, args.dtype)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            model.encode_images(pixels)  # compiles for this crop count
+            compile_s = time.perf_counter() - start
+            t_vision = timed(lambda: model.encode_images(pixels), args.device, args.repeats)
+        for scale in args.scales:
+            eager = next(r for r in eager_rows if (r["aspect"], r["batch"], r["scale"]) == (aspect, batch, scale))
+            ttft = timed(lambda: m3_generator(model, aspect, batch, scale, args)(1), args.device, args.repeats)
+            out.append(
+                {
+                    "aspect": aspect,
+                    "batch": batch,
+                    "scale": scale,
+                    "first_call_s": compile_s,
+                    "t_vision_s": t_vision,
+                    "ttft_s": ttft,
+                    "vision_speedup": eager["t_vision_s"] / t_vision,
+                    "ttft_speedup": eager["ttft_s"] / ttft,
+                }
+            )
+            print(f"compiled {aspect} b={batch} s={scale}: ttft {ttft:.4f}s", flush=True)
+    return out
 
 
 def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -295,6 +327,19 @@ def markdown(results: dict[str, Any]) -> str:
         for key, value in entry.items():
             if key not in ("aspect", "batch"):
                 lines.append(f"| {entry['aspect']} | {entry['batch']} | {key} | {value:.3f} |")
+    if results.get("compiled"):
+        lines += [
+            "",
+            "After `compile_vision()` (torch.compile of tower + projector), same model, same run:",
+            "",
+            "| aspect | batch | scale | first call s | vision s | TTFT s | vision speed-up | TTFT speed-up |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results["compiled"]:
+            lines.append(
+                f"| {r['aspect']} | {r['batch']} | {r['scale']} | {r['first_call_s']:.1f} | {r['t_vision_s']:.4f} "
+                f"| {r['ttft_s']:.4f} | {r['vision_speedup']:.2f} | {r['ttft_speedup']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -315,6 +360,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--out", default=None, help="write the JSON results here")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time the same model after compile_vision() (torch.compile)"
+    )
     args = parser.parse_args(argv)
     args.aspects = args.aspects.split(",")
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]

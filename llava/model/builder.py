@@ -35,6 +35,7 @@ def load_pretrained_model(
     device_map: str | dict | None = "auto",
     device: str = "cuda",
     use_flash_attn: bool = False,
+    torch_compile: bool = False,
     **kwargs: Any,
 ) -> tuple[Any, torch.nn.Module, Any, int]:
     """Load a checkpoint; returns `(tokenizer, model, image_processor, context_len)`.
@@ -47,6 +48,7 @@ def load_pretrained_model(
         device_map: accelerate device map for "cuda"; other devices load onto `device`.
         device: "cuda", "cpu" or "mps".
         use_flash_attn: flash-attention 2 where installed; SDPA otherwise (with a warning).
+        torch_compile: compile the vision tower and projector (`compile_vision`); LLaVA models only.
         kwargs: `torch_dtype=`/`dtype=` override the default (float32 on CPU, float16 on GPU);
             anything else goes to `from_pretrained`.
     """
@@ -75,6 +77,8 @@ def load_pretrained_model(
             f"expected one of {sorted(LLAVA_MODEL_CLASSES)}"
         )
     if not is_llava:
+        if torch_compile:
+            raise ValueError(f"torch_compile compiles the vision tower; {model_path} is not a LLaVA checkpoint")
         tokenizer = AutoTokenizer.from_pretrained(model_base or model_path)
         model = AutoModelForCausalLM.from_pretrained(model_base or model_path, **load_kwargs)
         return tokenizer, model, None, _context_length(model.config)
@@ -96,6 +100,8 @@ def load_pretrained_model(
     _add_image_tokens(tokenizer, model)
     image_processor = _load_image_processor(model_path, model.config.mm_vision_tower)
     model.eval()
+    if torch_compile:
+        model.compile_vision()
     return tokenizer, model, image_processor, _context_length(model.config)
 
 

@@ -12,6 +12,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -148,6 +149,17 @@ class LlavaMetaForCausalLM:
 
     def get_vision_tower(self) -> CLIPVisionTower | None:
         return self.model.vision_tower
+
+    def compile_vision(self, **compile_kwargs: Any) -> None:
+        """Compile the vision tower and projector in place with `torch.compile` (`nn.Module.compile`).
+
+        These run once per image on fixed-size crops, so they compile to one graph per crop count;
+        the language model stays eager (its sequence length changes every call and every decode
+        step). Weights and state-dict names are untouched, so saving and loading work as before.
+        The first call per new input shape pays the compilation (tens of seconds on CPU).
+        """
+        self._require_tower().compile(**compile_kwargs)
+        self.model.mm_projector.compile(**compile_kwargs)
 
     @property
     def grid_side(self) -> int:

@@ -52,6 +52,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--load-8bit", action="store_true")
     parser.add_argument("--load-4bit", action="store_true")
     parser.add_argument("--use-flash-attn", action="store_true")
+    parser.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="torch.compile the vision tower and projector (first image per shape compiles)",
+    )
     parser.add_argument("--debug", action="store_true", help="print each prompt and its token counts")
     return parser.parse_args(argv)
 
@@ -149,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         load_8bit=args.load_8bit,
         load_4bit=args.load_4bit,
         use_flash_attn=args.use_flash_attn,
+        torch_compile=args.torch_compile,
         conv_mode=args.conv_mode,
         max_new_tokens_limit=max(args.max_new_tokens, 1),
     )

@@ -140,6 +140,7 @@ class InferenceEngine:
         load_8bit: bool = False,
         load_4bit: bool = False,
         use_flash_attn: bool = False,
+        torch_compile: bool = False,
         **engine_kwargs: Any,
     ) -> InferenceEngine:
         """Load a checkpoint with `load_pretrained_model` and wrap it."""
@@ -148,7 +149,14 @@ class InferenceEngine:
 
         model_name = model_name or get_model_name_from_path(model_path)
         tokenizer, model, image_processor, context_len = load_pretrained_model(
-            model_path, model_base, model_name, load_8bit, load_4bit, device=device, use_flash_attn=use_flash_attn
+            model_path,
+            model_base,
+            model_name,
+            load_8bit,
+            load_4bit,
+            device=device,
+            use_flash_attn=use_flash_attn,
+            torch_compile=torch_compile,
         )
         return cls(tokenizer, model, image_processor, context_len, model_name, **engine_kwargs)
 

@@ -227,6 +227,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--load-8bit", action="store_true")
     group.add_argument("--load-4bit", action="store_true")
     group.add_argument("--use-flash-attn", action="store_true")
+    group.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="torch.compile the vision tower and projector (first image per shape compiles)",
+    )
     group.add_argument("--conv-mode", default=None, help="conversation template (default: the checkpoint's)")
     group.add_argument(
         "--matryoshka_vis_token_scale",
@@ -289,6 +294,7 @@ def service_from_args(args: argparse.Namespace) -> ModelService:
         load_8bit=args.load_8bit,
         load_4bit=args.load_4bit,
         use_flash_attn=args.use_flash_attn,
+        torch_compile=args.torch_compile,
         conv_mode=args.conv_mode,
         max_new_tokens_limit=args.max_new_tokens_limit,
         max_images=args.max_images,

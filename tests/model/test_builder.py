@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model import LlavaLlamaForCausalLM
@@ -198,3 +198,25 @@ def test_invalid_scale_in_config_is_rejected_at_load(tiny_llava_pad, tmp_path):
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="mm_projector_type='mlp2x_relu' is not supported"):
         load_pretrained_model(str(path), None, "bad", device="cpu")
+
+
+@pytest.mark.slow
+def test_torch_compile_option_compiles_the_vision_path_and_keeps_the_results(tiny_llava_pad, reference, tmp_path):
+    tokenizer, eager, _, _ = reference
+    _, compiled, _, _ = load_pretrained_model(str(tiny_llava_pad), None, "tiny", device="cpu", torch_compile=True)
+    tower = compiled.get_vision_tower()
+    assert tower._compiled_call_impl is not None and compiled.model.mm_projector._compiled_call_impl is not None
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled.encode_images(PIXELS).features, eager.encode_images(PIXELS).features)
+    for scale in (576, 9, 1):
+        torch.testing.assert_close(logits_of(tokenizer, compiled, scale), logits_of(tokenizer, eager, scale))
+    # Compiling in place leaves the parameter names alone: the checkpoint saves as before.
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+
+
+def test_torch_compile_on_a_plain_language_model_is_a_clear_error(tiny_llava_pad, tmp_path):
+    _, model, _, _ = load_pretrained_model(str(tiny_llava_pad), None, "tiny", device="cpu")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llava_pad)
+    base = save_language_part_as_plain_llama(model, tokenizer, tmp_path / "vicuna-tiny")
+    with pytest.raises(ValueError, match="not a LLaVA checkpoint"):
+        load_pretrained_model(str(base), None, "vicuna-tiny", device="cpu", torch_compile=True)
