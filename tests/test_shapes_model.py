@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 
 from llava.eval.shapes_demo import evaluate
 
@@ -42,6 +43,13 @@ def accuracy(results: dict, key: str | None = None) -> float:
     return results["by_difficulty"][key]["accuracy"]
 
 
+def test_shipped_checkpoint_carries_its_vision_tower() -> None:
+    # llava.train.train leaves a frozen tower out (LLaVA's layout); the shipped folder must not depend
+    # on the scratch folder its config names, which a fresh clone does not have.
+    with safe_open(M3_MODEL / "model.safetensors", "pt") as f:
+        assert any(".vision_tower." in key for key in f.keys())
+
+
 def test_every_question_answered(table: dict[int, dict]) -> None:
     for scale, results in table.items():
         assert results["missing"] == 0, scale
@@ -68,17 +76,26 @@ def test_background_colour_read_at_every_budget(table: dict[int, dict]) -> None:
         assert results["by_question_type"]["background_color"]["accuracy"] >= 0.95, scale
 
 
-def test_better_than_answer_prior(table: dict[int, dict]) -> None:
-    # The answer-prior plateau (background colour right, everything else at the prior) sits near 40%.
-    assert accuracy(table[576]) >= 0.38
+def test_well_above_the_answer_prior(table: dict[int, dict]) -> None:
+    # The answer-prior plateau (background colour right, everything else at the prior) sits near 40%;
+    # the shipped model measures 76.8% at 576 on this subset (79.7% on the whole held-out split).
+    for scale in SCALES:
+        assert accuracy(table[scale]) >= 0.65, scale
+
+
+def test_counts_shapes_and_places_colours(table: dict[int, dict]) -> None:
+    # What the pretrained tower brought (chance: 1 in 6 counts, 1 in 5 colours). Measured on this
+    # subset at 576: 80% of counts, 73% of quadrant colours.
+    by_type = table[576]["by_question_type"]
+    assert by_type["count_shapes"]["accuracy"] >= 0.6
+    assert by_type["quadrant_color"]["accuracy"] >= 0.5
 
 
 def test_m3_beats_single_scale_training_at_small_budgets(
     table: dict[int, dict], baseline_table: dict[int, dict]
 ) -> None:
-    # The paper's Table 4 in miniature: far apart once pooled to 9 or 1. The shipped M3 model (budget
-    # curriculum, 4780 steps) is also well ahead at 576 of the 400-step single-scale baseline, so only
-    # "not worse at 576" is asserted there.
+    # The paper's Table 4 in miniature: both trained by scripts/shapes/train_tiny.sh with the same data,
+    # tower and steps, one on all five budgets and one on 576 only; far apart once pooled to 9 or 1.
     assert accuracy(table[576]) >= accuracy(baseline_table[576]) - 0.10
     for scale in (9, 1):
         assert accuracy(table[scale]) >= accuracy(baseline_table[scale]) + 0.20, scale

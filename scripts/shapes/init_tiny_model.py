@@ -166,7 +166,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--patch-size", type=int, default=4)
     parser.add_argument("--vision-hidden", type=int, default=64)
-    parser.add_argument("--vision-layers", type=int, default=2)
+    parser.add_argument("--vision-layers", type=int, default=3)
     parser.add_argument("--vision-heads", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)

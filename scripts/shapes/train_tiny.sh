@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
-# Train the tiny M3-Shapes model through llava.train.train (the recipe behind playground/shapes-m3-tiny).
+# Train the tiny M3-Shapes model: the recipe behind playground/shapes-m3-tiny (see docs/Shapes.md).
 #
 #   bash scripts/shapes/train_tiny.sh [OUTPUT_DIR] [SCALES]
 #
 # SCALES defaults to the five M3 budgets "1,9,36,144,576"; pass "576" for the single-scale baseline
-# (the paper's Table 4 comparison). Extra environment: MAX_STEPS, LR, BATCH, SEED, WORK (scratch folder).
-# Runs on CPU (OMP_NUM_THREADS threads); on a CUDA machine the Trainer uses the GPU.
+# (the paper's Table 4 comparison: everything else identical, the tower pretraining is shared).
+# Extra environment: MAX_STEPS, LR, BATCH, SEED, WORK (scratch folder), TOWER_STEPS (tower pretraining
+# steps), PY (python). Runs on CPU (OMP_NUM_THREADS threads); on a CUDA machine the Trainer uses the GPU.
+#
+# Like LLaVA, the recipe has a vision tower that was pretrained elsewhere and stays frozen while the
+# language model and projector learn to read it. M3-Shapes has no CLIP to borrow, so step 3 pretrains
+# the tiny tower on per-patch labels of the training scenes (pretrain_tower.py); step 4 is the M3
+# training proper, through the project's own llava.train.train. Like LLaVA's, the checkpoint it writes
+# leaves the frozen tower out; scripts/shapes/export_checkpoint.py writes a self-contained copy.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 OUTPUT_DIR=${1:-playground/shapes-m3-tiny}
 SCALES=${2:-1,9,36,144,576}
 WORK=${WORK:-playground/data/shapes-work}
-MAX_STEPS=${MAX_STEPS:-400}
-LR=${LR:-2e-3}
+MAX_STEPS=${MAX_STEPS:-2000}
+LR=${LR:-1e-3}
 BATCH=${BATCH:-16}
 SEED=${SEED:-0}
+TOWER_STEPS=${TOWER_STEPS:-1500}
 PY=${PY:-.venv/bin/python}
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 
@@ -23,22 +31,26 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 #    one conversation per image (all its questions + a scene caption as the last turn).
 [ -f "$WORK/data/train.json" ] || "$PY" -m llava.data.shapes --out "$WORK/data" --split train
 [ -f "$WORK/data/train_conversations.json" ] || "$PY" scripts/shapes/make_conversations.py --data "$WORK/data" --seed "$SEED"
-# 2. Starting point: small Llama + word-level tokenizer, and a CLIP tower with colour/position init.
+# 2. Starting point: small Llama + word-level tokenizer, and a 3-layer CLIP tower (LLaVA reads layer 2
+#    of 3, mm_vision_select_layer -2) with the colour/position initialisation.
 [ -f "$WORK/init/llm/config.json" ] || "$PY" scripts/shapes/init_tiny_model.py --out "$WORK/init" --seed "$SEED"
+# 3. The tower learns to see: per-patch colour, shape kind, size and shape centres (training split only).
+[ -f "$WORK/tower/model.safetensors" ] || "$PY" scripts/shapes/pretrain_tower.py \
+    --data "$WORK/data" --tower "$WORK/init/clip" --out "$WORK/tower" --steps "$TOWER_STEPS" --seed "$SEED"
 
-# 3. Train everything (tower, projector, language model) on the M3 objective.
+# 4. M3 training: projector and language model on all budgets at once, the pretrained tower frozen.
 "$PY" -m llava.train.train \
     --model_name_or_path "$WORK/init/llm" \
     --version v1 \
     --data_path "$WORK/data/train_conversations.json" \
     --image_folder "$WORK/data" \
-    --vision_tower "$WORK/init/clip" \
+    --vision_tower "$WORK/tower" \
     --mm_projector_type mlp2x_gelu \
     --mm_vision_select_layer -2 \
     --mm_use_im_start_end False \
     --mm_use_im_patch_token False \
     --image_aspect_ratio pad \
-    --unfreeze_mm_vision_tower True \
+    --unfreeze_mm_vision_tower False \
     --matryoshka_vis_token_scale "$SCALES" \
     --output_dir "$OUTPUT_DIR" \
     --max_steps "$MAX_STEPS" \
@@ -55,5 +67,5 @@ export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
     --logging_steps 25 \
     --save_strategy no \
     --report_to none \
-    --dataloader_num_workers "${WORKERS:-2}" \
+    --dataloader_num_workers "${WORKERS:-0}" \
     --use_cpu "${USE_CPU:-False}"
