@@ -19,7 +19,7 @@ cd "$(dirname "$0")/../.."
 OUTPUT_DIR=${1:-playground/shapes-m3-tiny}
 SCALES=${2:-1,9,36,144,576}
 WORK=${WORK:-playground/data/shapes-work}
-MAX_STEPS=${MAX_STEPS:-2000}
+MAX_STEPS=${MAX_STEPS:-2500}
 LR=${LR:-1e-3}
 BATCH=${BATCH:-16}
 SEED=${SEED:-0}
