@@ -81,20 +81,27 @@ def tiny_image_processor(image_size: int = 48) -> CLIPImageProcessor:
     )
 
 
+# The 2-layer language model every tiny test model shares (special ids: the tiny tokenizer's).
+TINY_LLM_FIELDS: dict[str, Any] = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=3,
+    tie_word_embeddings=False,
+)
+
+
 def tiny_llava_config(vision_tower: str | Path, vocab_size: int = 512, model_type: str = "llava_llama", **overrides: Any):
     """Config of a 2-layer LLaVA/M3 model; `overrides` set any field (e.g. image_aspect_ratio)."""
     config_cls, _ = LLAVA_MODEL_CLASSES[model_type]
     fields: dict[str, Any] = dict(
+        **TINY_LLM_FIELDS,
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=4096,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=3,
         mm_vision_tower=str(vision_tower),
         mm_projector_type="mlp2x_gelu",
         mm_vision_select_layer=-2,
@@ -103,7 +110,6 @@ def tiny_llava_config(vision_tower: str | Path, vocab_size: int = 512, model_typ
         mm_patch_merge_type="flat",
         mm_use_im_start_end=False,
         mm_use_im_patch_token=False,
-        tie_word_embeddings=False,
     )
     fields.update(overrides)
     return config_cls(**fields)

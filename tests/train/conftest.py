@@ -11,7 +11,7 @@ from train_helpers import TEXT_ONLY_RECORDS, write_json
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llava.data.shapes import generate_split
-from llava.testing import build_tiny_tokenizer
+from llava.testing import TINY_LLM_FIELDS, build_tiny_tokenizer
 
 
 @dataclass(frozen=True)
@@ -39,17 +39,6 @@ def tiny_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("llm") / "tiny-llama"
     tokenizer = build_tiny_tokenizer(out)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=3,
-        tie_word_embeddings=False,
-    )
+    config = LlamaConfig(vocab_size=len(tokenizer), **TINY_LLM_FIELDS)
     LlamaForCausalLM(config).save_pretrained(out)
     return out
