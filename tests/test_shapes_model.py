@@ -9,12 +9,15 @@ the shipped model does achieve (measured values in playground/shapes-m3-tiny/REA
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
+from llava.data import shapes
 from llava.eval.shapes_demo import evaluate
+from llava.serve import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 M3_MODEL = ROOT / "playground" / "shapes-m3-tiny"
@@ -99,3 +102,17 @@ def test_m3_beats_single_scale_training_at_small_budgets(
     assert accuracy(table[576]) >= accuracy(baseline_table[576]) - 0.10
     for scale in (9, 1):
         assert accuracy(table[scale]) >= accuracy(baseline_table[scale]) + 0.20, scale
+
+
+def test_terminal_chat_with_the_shipped_model(monkeypatch, capsys, tmp_path: Path) -> None:
+    # `python -m llava.serve.cli --model-path playground/shapes-m3-tiny`, in-process, on a held-out image.
+    records = shapes.generate_split(tmp_path, "test", 1, shapes.DEFAULT_SEEDS["test"])
+    gold = {r["conversations"][0]["value"].split("\n", 1)[1]: r["conversations"][1]["value"] for r in records}
+    question = "What color is the background?"
+    for scale in ("576", "1"):
+        monkeypatch.setattr("sys.stdin", io.StringIO(question + "\n"))
+        argv = ["--model-path", str(M3_MODEL), "--image-file", str(tmp_path / records[0]["image"])]
+        cli.main([*argv, "--device", "cpu", "--temperature", "0", "--matryoshka_vis_token_scale", scale])
+        out = capsys.readouterr().out
+        assert f"{scale} visual tokens for this image" in out
+        assert f"ASSISTANT: {gold[question]}" in out, out
