@@ -53,6 +53,10 @@ def test_patch_targets_follow_the_scene(pretrain, split: Path) -> None:
             x0, y0, x1, y1 = shape.bbox
             row, col = (y0 + y1) // 2 // patch, (x0 + x1) // 2 // patch
             assert t["centre"][row, col] == 1
+            # The centre patch names the whole object: kind x size.
+            sizes = list(shapes.SIZE_FRACTIONS)
+            expected = shapes.SHAPE_KINDS.index(shape.kind) * len(sizes) + sizes.index(shape.size)
+            assert t["object"][row, col] == expected
             # Where the shape covers most of the patch, the patch says what the shape is.
             inside = labels[row * patch : (row + 1) * patch, col * patch : (col + 1) * patch]
             owner = scene.shapes.index(shape) + 1
@@ -67,6 +71,8 @@ def test_patch_targets_follow_the_scene(pretrain, split: Path) -> None:
         empty = blocks == 0
         assert np.all(t["color"][empty] == list(shapes.BACKGROUND_COLORS).index(scene.background))
         assert np.all(t["kind"][empty] == 0) and np.all(t["size"][empty] == 0)
+        # The object head learns from the centre patches only.
+        assert np.array_equal(t["object"] != pretrain.IGNORE, t["centre"] == 1)
 
 
 def test_patch_targets_reject_a_grid_that_does_not_divide_the_image(pretrain, split: Path) -> None:
@@ -86,7 +92,10 @@ def test_short_pretraining_saves_a_loadable_tower_that_learned(pretrain, split: 
     )  # fmt: skip
     losses = [entry["loss"] for entry in summary["log"]]
     assert losses[-1] < losses[0], losses
-    assert set(summary["log"][-1]["val"]) == {"color", "kind", "size", "centre_recall", "centre_precision"}
+    assert set(summary["log"][-1]["val"]) == {
+        "color", "kind", "size", "centre_recall", "centre_precision",
+        "kind_small", "kind_large", "object_small", "object_large",
+    }  # fmt: skip
     tower = CLIPVisionModel.from_pretrained(tmp_path / "tower")
     before = CLIPVisionModel.from_pretrained(tmp_path / "init" / "clip")
     assert tower.config.num_hidden_layers == 3 and tower.config.image_size == shapes.DEFAULT_IMAGE_SIZE

@@ -12,7 +12,11 @@ training image is known, so this script supervises every patch of the 24x24 grid
 - kind:   the kind of the shape that covers most of the patch (or "none");
 - size:   small / large / none for that shape;
 - centre: whether the centre of a shape's box falls in this patch (one patch per shape, so the sum
-          over patches is the number of shapes: the signal counting questions need).
+          over patches is the number of shapes: the signal counting questions need);
+- object: on centre patches only, the whole shape's kind and size (one of 8 classes). A patch of a
+          small shape sees a corner or an edge that several kinds share, so the per-patch kind label
+          is ambiguous; naming the object at its centre makes the tower gather the neighbouring
+          patches into one place, which is what "is there a small X?" needs.
 
 Four linear heads read the layer that LLaVA reads (`--select-layer`, -2 as in `mm_vision_select_layer`)
 and are thrown away afterwards; only the tower is saved (with its image processor), ready for
@@ -41,7 +45,14 @@ from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 BACKGROUNDS = list(BACKGROUND_COLORS)
 COLORS = list(SHAPE_COLORS)
 SIZES = list(SIZE_FRACTIONS)
-HEADS = {"color": len(BACKGROUNDS) + len(COLORS), "kind": 1 + len(SHAPE_KINDS), "size": 1 + len(SIZES), "centre": 2}
+HEADS = {
+    "color": len(BACKGROUNDS) + len(COLORS),
+    "kind": 1 + len(SHAPE_KINDS),
+    "size": 1 + len(SIZES),
+    "centre": 2,
+    "object": len(SHAPE_KINDS) * len(SIZES),
+}
+IGNORE = -100  # target of the patches a head does not learn from
 
 
 def scene_from_record(record: dict) -> Scene:
@@ -66,10 +77,13 @@ def patch_targets(scene: Scene, grid: int) -> dict[str, np.ndarray]:
     kind = np.array([0] + [1 + SHAPE_KINDS.index(s.kind) for s in scene.shapes])
     size_cls = np.array([0] + [1 + SIZES.index(s.size) for s in scene.shapes])
     centre = np.zeros((grid, grid), dtype=np.int64)
+    obj = np.full((grid, grid), IGNORE, dtype=np.int64)
     for s in scene.shapes:
         x0, y0, x1, y1 = s.bbox
-        centre[min(grid - 1, (y0 + y1) // 2 // patch), min(grid - 1, (x0 + x1) // 2 // patch)] = 1
-    return {"color": color[major], "kind": kind[major], "size": size_cls[major], "centre": centre}
+        row, col = min(grid - 1, (y0 + y1) // 2 // patch), min(grid - 1, (x0 + x1) // 2 // patch)
+        centre[row, col] = 1
+        obj[row, col] = SHAPE_KINDS.index(s.kind) * len(SIZES) + SIZES.index(s.size)
+    return {"color": color[major], "kind": kind[major], "size": size_cls[major], "centre": centre, "object": obj}
 
 
 def load_split(data: Path, split: str, processor: CLIPImageProcessor, grid: int) -> tuple[torch.Tensor, dict]:
@@ -96,17 +110,28 @@ def losses(
         lg, tg = lg.reshape(-1, n), targets[name].reshape(-1)
         if name in ("kind", "size"):
             lg, tg = lg[on_shape], tg[on_shape]
-        out[name] = F.cross_entropy(lg, tg, weight=weights.get(name))
+        out[name] = F.cross_entropy(lg, tg, weight=weights.get(name), ignore_index=IGNORE)
     return sum(out.values()), {"logits": dict(zip(HEADS, logits)), **out}
 
 
 @torch.no_grad()
 def patch_accuracy(tower: CLIPVisionTower, heads: torch.nn.Linear, pixels: torch.Tensor, targets: dict) -> dict:
-    """Per-head accuracy on shape patches (kind/size/colour) and recall/precision of shape centres."""
+    """Per-head accuracy on shape patches (colour/kind/size, kind also by shape size), recall/precision
+    of shape centres, and the object head's accuracy at centre patches (also by size)."""
     _, out = losses(tower, heads, pixels, targets, 1.0)
     pred = {k: v.argmax(-1) for k, v in out["logits"].items()}
     on_shape = targets["kind"] > 0
-    result = {k: (pred[k] == targets[k])[on_shape].float().mean().item() for k in ("color", "kind", "size")}
+
+    def rate(hits: torch.Tensor, where: torch.Tensor) -> float:
+        return hits[where].float().mean().item() if where.any() else float("nan")
+
+    result = {k: rate(pred[k] == targets[k], on_shape) for k in ("color", "kind", "size")}
+    at_centre = targets["object"] != IGNORE
+    object_size = targets["object"] % len(SIZES)
+    for i, size in enumerate(SIZES):
+        on_size = targets["size"] == 1 + i
+        result[f"kind_{size}"] = rate(pred["kind"] == targets["kind"], on_size)
+        result[f"object_{size}"] = rate(pred["object"] == targets["object"], at_centre & (object_size == i))
     hit = (pred["centre"] == 1) & (targets["centre"] == 1)
     result["centre_recall"] = hit.sum().item() / max(1, targets["centre"].sum().item())
     result["centre_precision"] = hit.sum().item() / max(1, pred["centre"].sum().item())
