@@ -14,10 +14,12 @@ import pytest
 from PIL import Image
 from serve_helpers import start_controller, start_worker, wait_for
 
+from llava.data import shapes
 from llava.serve import gradio_web_server as web
 from llava.serve.http import BackgroundServer, find_free_port
 
 REPO = Path(__file__).resolve().parents[2]
+SHAPES_MODEL = REPO / "playground" / "shapes-m3-tiny"
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-gpu"]
@@ -101,6 +103,28 @@ def test_the_ui_says_when_a_worker_is_gone(stack) -> None:
     assert unreachable.client.list_models() == []
     state, *_ = unreachable.add_text(None, "hello", None, "Default")
     assert "No model is available" in last_answer(list(unreachable.http_bot(state, None, 9, 0.2, 0.7, 4)))
+
+
+def test_the_demo_answers_with_the_shipped_shapes_model(tmp_path: Path) -> None:
+    # Issue 4: the web demo works with playground/shapes-m3-tiny, not only with random test models.
+    # The same handlers the page calls, against a real controller and a worker serving the checkpoint.
+    records = shapes.generate_split(tmp_path, "test", 1, shapes.DEFAULT_SEEDS["test"])
+    gold = {r["conversations"][0]["value"].split("\n", 1)[1]: r["conversations"][1]["value"] for r in records}
+    question = "What color is the background?"
+    image = Image.open(tmp_path / records[0]["image"]).convert("RGB")
+    controller = start_controller()
+    worker = start_worker(SHAPES_MODEL, controller.url)
+    try:
+        demo = web.WebDemo(web.ControllerClient(controller.url), examples_dir=None)
+        wait_for(lambda: demo.client.list_models() == [SHAPES_MODEL.name], what="the shapes worker")
+        for scale in (576, 1):
+            state, *_ = demo.add_text(None, question, image, "Default")
+            states = list(demo.http_bot(state, SHAPES_MODEL.name, scale, 0.0, 1.0, 4))
+            assert last_answer(states) == gold[question], (scale, last_answer(states))
+            assert states[-1][2].startswith(f"{scale} visual tokens at budget {scale}")
+    finally:
+        worker.stop()
+        controller.stop()
 
 
 @pytest.mark.slow
