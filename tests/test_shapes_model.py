@@ -59,7 +59,6 @@ def test_every_question_answered(table: dict[int, dict]) -> None:
         assert results["total"] > 5 * NUM_IMAGES
 
 
-@pytest.mark.xfail(strict=True, reason="issue 4 target not reached by the shipped checkpoint (see its README)")
 def test_target_overall_at_576(table: dict[int, dict]) -> None:
     assert accuracy(table[576]) >= 0.85
 
@@ -68,9 +67,21 @@ def test_target_coarse_even_at_one_token(table: dict[int, dict]) -> None:
     assert all(accuracy(table[s], "coarse") >= 0.90 for s in SCALES)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 4 target not reached by the shipped checkpoint (see its README)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="fine accuracy falls by 5.7 points from 576 to 1 token on the whole held-out split (7.5 on this "
+    "subset), not the 10 asked here (see the checkpoint's README)",
+)
 def test_target_fine_falls_with_budget(table: dict[int, dict]) -> None:
     assert accuracy(table[576], "fine") >= accuracy(table[1], "fine") + 0.10
+
+
+def test_small_x_falls_with_the_budget(table: dict[int, dict]) -> None:
+    # The fine question that pooling hurts most: a small X is a few patches of 576, averaged away at 1
+    # token. Measured on this subset: 92.5% at 576, 85.0% at 9, 70.0% at 1.
+    small_x = {scale: table[scale]["by_question_type"]["small_x"]["accuracy"] for scale in SCALES}
+    assert small_x[576] >= 0.85
+    assert small_x[576] >= small_x[1] + 0.15, small_x
 
 
 def test_background_colour_read_at_every_budget(table: dict[int, dict]) -> None:
@@ -81,16 +92,16 @@ def test_background_colour_read_at_every_budget(table: dict[int, dict]) -> None:
 
 def test_well_above_the_answer_prior(table: dict[int, dict]) -> None:
     # The answer-prior plateau (background colour right, everything else at the prior) sits near 40%;
-    # the shipped model measures 76.8% at 576 on this subset (79.7% on the whole held-out split).
+    # the shipped model measures 86.0% at 576 and 82.4% at 1 on this subset (86.2% / 82.9% on the whole split).
     for scale in SCALES:
-        assert accuracy(table[scale]) >= 0.65, scale
+        assert accuracy(table[scale]) >= 0.80, scale
 
 
 def test_counts_shapes_and_places_colours(table: dict[int, dict]) -> None:
     # What the pretrained tower brought (chance: 1 in 6 counts, 1 in 5 colours). Measured on this
-    # subset at 576: 80% of counts, 73% of quadrant colours.
+    # subset at 576: 97.5% of counts, 57.7% of quadrant colours.
     by_type = table[576]["by_question_type"]
-    assert by_type["count_shapes"]["accuracy"] >= 0.6
+    assert by_type["count_shapes"]["accuracy"] >= 0.9
     assert by_type["quadrant_color"]["accuracy"] >= 0.5
 
 

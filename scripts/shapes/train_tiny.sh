@@ -5,8 +5,9 @@
 #
 # SCALES defaults to the five M3 budgets "1,9,36,144,576"; pass "576" for the single-scale baseline
 # (the paper's Table 4 comparison: everything else identical, the tower pretraining is shared).
-# Extra environment: MAX_STEPS, LR, BATCH, SEED, WORK (scratch folder), TOWER_STEPS (tower pretraining
-# steps), PY (python). Runs on CPU (OMP_NUM_THREADS threads); on a CUDA machine the Trainer uses the GPU.
+# Extra environment: MAX_STEPS, LR, BATCH, SEED, WORK (scratch folder), TRAIN_IMAGES (size of the
+# training split), TOWER_STEPS (tower pretraining steps), PY (python). Runs on CPU (OMP_NUM_THREADS
+# threads); on a CUDA machine the Trainer uses the GPU.
 #
 # Like LLaVA, the recipe has a vision tower that was pretrained elsewhere and stays frozen while the
 # language model and projector learn to read it. M3-Shapes has no CLIP to borrow, so step 3 pretrains
@@ -19,17 +20,20 @@ cd "$(dirname "$0")/../.."
 OUTPUT_DIR=${1:-playground/shapes-m3-tiny}
 SCALES=${2:-1,9,36,144,576}
 WORK=${WORK:-playground/data/shapes-work}
-MAX_STEPS=${MAX_STEPS:-2500}
+MAX_STEPS=${MAX_STEPS:-3000}
 LR=${LR:-1e-3}
 BATCH=${BATCH:-16}
 SEED=${SEED:-0}
-TOWER_STEPS=${TOWER_STEPS:-1500}
+TRAIN_IMAGES=${TRAIN_IMAGES:-8000}
+TOWER_STEPS=${TOWER_STEPS:-3000}
 PY=${PY:-.venv/bin/python}
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 
-# 1. Data: the default train split (2000 images, seed 1234) of the current DATA_VERSION, regrouped into
-#    one conversation per image (all its questions + a scene caption as the last turn).
-[ -f "$WORK/data/train.json" ] || "$PY" -m llava.data.shapes --out "$WORK/data" --split train
+# 1. Data: a train split of TRAIN_IMAGES images (default seed 1234) of the current DATA_VERSION,
+#    regrouped into one conversation per image (all its questions + a scene caption as the last turn).
+#    Generating more images costs seconds; with the default 2000 both the tower's object head and the
+#    language model memorise their training scenes (docs/Shapes.md).
+[ -f "$WORK/data/train.json" ] || "$PY" -m llava.data.shapes --out "$WORK/data" --split train --num-images "$TRAIN_IMAGES"
 [ -f "$WORK/data/train_conversations.json" ] || "$PY" scripts/shapes/make_conversations.py --data "$WORK/data" --seed "$SEED"
 # 2. Starting point: small Llama + word-level tokenizer, and a 3-layer CLIP tower (LLaVA reads layer 2
 #    of 3, mm_vision_select_layer -2) with the colour/position initialisation.
