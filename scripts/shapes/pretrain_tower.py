@@ -18,7 +18,7 @@ training image is known, so this script supervises every patch of the 24x24 grid
           is ambiguous; naming the object at its centre makes the tower gather the neighbouring
           patches into one place, which is what "is there a small X?" needs.
 
-Four linear heads read the layer that LLaVA reads (`--select-layer`, -2 as in `mm_vision_select_layer`)
+Five linear heads read the layer that LLaVA reads (`--select-layer`, -2 as in `mm_vision_select_layer`)
 and are thrown away afterwards; only the tower is saved (with its image processor), ready for
 `llava.train.train --vision_tower OUT`. Images and scenes come from the training split only
 (`llava.data.shapes`), the last `--val-images` of it held back to report per-patch accuracy.
