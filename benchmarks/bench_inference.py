@@ -6,6 +6,7 @@ weights (at 576 tokens, the only budget transformers has), so every ratio comes 
 
     python benchmarks/bench_inference.py --preset small --batch-sizes 1 --out bench_inference.json
     python benchmarks/bench_inference.py --preset 7b --device cuda --dtype float16
+    python benchmarks/bench_inference.py --preset small --batch-sizes 1 --cpu-weight-prepack
 
 Prints a markdown table; writes JSON with every measurement.
 """
@@ -24,6 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.convert_hf import to_hf_llava
+from llava.model.cpu_packing import pack_linear_weights
 from llava.testing import build_random_llava
 
 SCALES = [576, 144, 36, 9, 1]
@@ -227,9 +229,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row = {"aspect": aspect, "batch": batch, "scale": scale, **bench_m3(model, aspect, batch, scale, args)}
                 results["rows"].append(row)
                 print(f"{aspect} b={batch} s={scale}: ttft {row['ttft_s']:.4f}s", flush=True)
+        del hf  # before packing: it holds the unpacked weights
         if args.compile:
             results.setdefault("compiled", []).extend(bench_compiled(model, aspect, results["rows"], args))
-        del model, hf
+        if args.cpu_weight_prepack:
+            results.setdefault("prepacked", []).extend(bench_prepacked(model, aspect, results["rows"], args))
+        del model
     return results
 
 
@@ -266,33 +271,59 @@ def bench_compiled(model, aspect: str, eager_rows: list[dict], args: argparse.Na
 
 def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Per (aspect, batch): the issue's target ratios, from this one run."""
-    out = []
-    groups: dict[tuple[str, int], dict[int, dict]] = {}
-    for row in results["rows"]:
-        groups.setdefault((row["aspect"], row["batch"]), {})[row["scale"]] = row
     comparisons = {(c["aspect"], c["batch"]): c for c in results["comparisons"]}
-    for (aspect, batch), rows in groups.items():
-        if 576 not in rows:
-            continue
-        full = rows[576]
+    out = []
+    for (aspect, batch), entry in scaling_ratios(results["rows"]).items():
         versus = comparisons[(aspect, batch)]
-        entry: dict[str, Any] = {
-            "aspect": aspect,
-            "batch": batch,
-            "ttft_ratio_vs_transformers_576": versus["m3_ttft_s_at_576"] / versus["hf_ttft_s_at_576"],
-            "decode_speed_ratio_vs_transformers_576": versus["m3_decode_tok_s_at_576"]
-            / versus["hf_decode_tok_s_at_576"],
-        }
+        out.append(
+            {
+                "aspect": aspect,
+                "batch": batch,
+                "ttft_ratio_vs_transformers_576": versus["m3_ttft_s_at_576"] / versus["hf_ttft_s_at_576"],
+                "decode_speed_ratio_vs_transformers_576": versus["m3_decode_tok_s_at_576"]
+                / versus["hf_decode_tok_s_at_576"],
+                **entry,
+            }
+        )
+    return out
+
+
+def scaling_ratios(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, float]]:
+    """Per (aspect, batch): how the after-tower TTFT, KV cache and prefill peak fall from 576 to 9 and 1."""
+    groups: dict[tuple[str, int], dict[int, dict]] = {}
+    for row in rows:
+        groups.setdefault((row["aspect"], row["batch"]), {})[row["scale"]] = row
+    out = {}
+    for key, by_scale in groups.items():
+        if 576 not in by_scale:
+            continue
+        full = by_scale[576]
+        entry: dict[str, float] = {}
         for small in (9, 1):
-            if small in rows:
-                r = rows[small]
+            if small in by_scale:
+                r = by_scale[small]
                 entry[f"non_vision_ttft_ratio_{small}_vs_576"] = (r["ttft_s"] - r["t_vision_s"]) / (
                     full["ttft_s"] - full["t_vision_s"]
                 )
                 entry[f"prompt_ratio_{small}_vs_576"] = r["prompt_tokens"] / full["prompt_tokens"]
                 entry[f"kv_ratio_{small}_vs_576"] = r["kv_cache_bytes"] / full["kv_cache_bytes"]
                 entry[f"peak_ratio_{small}_vs_576"] = r["prefill_peak_bytes"] / full["prefill_peak_bytes"]
-        out.append(entry)
+        out[key] = entry
+    return out
+
+
+def bench_prepacked(model, aspect: str, eager_rows: list[dict], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """After the eager rows: pack the same model's linear weights for oneDNN and time every budget again."""
+    pack_linear_weights(model)
+    out = []
+    for batch in args.batch_sizes:
+        for scale in args.scales:
+            eager = next(r for r in eager_rows if (r["aspect"], r["batch"], r["scale"]) == (aspect, batch, scale))
+            row = {"aspect": aspect, "batch": batch, "scale": scale, **bench_m3(model, aspect, batch, scale, args)}
+            row["ttft_speedup"] = eager["ttft_s"] / row["ttft_s"]
+            row["decode_speedup"] = row["decode_tok_s"] / eager["decode_tok_s"]
+            out.append(row)
+            print(f"prepacked {aspect} b={batch} s={scale}: ttft {row['ttft_s']:.4f}s", flush=True)
     return out
 
 
@@ -341,6 +372,23 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {r['aspect']} | {r['batch']} | {r['scale']} | {r['first_call_s']:.1f} | {r['t_vision_s']:.4f} "
                 f"| {r['ttft_s']:.4f} | {r['vision_speedup']:.2f} | {r['ttft_speedup']:.2f} |"
             )
+    if results.get("prepacked"):
+        lines += [
+            "",
+            "After `pack_linear_weights()` (oneDNN-packed linear layers, `cpu_weight_prepack`), same model, same run:",
+            "",
+            "| aspect | batch | scale | vision s | TTFT s | decode tok/s | TTFT speed-up | decode speed-up |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results["prepacked"]:
+            lines.append(
+                f"| {r['aspect']} | {r['batch']} | {r['scale']} | {r['t_vision_s']:.4f} | {r['ttft_s']:.4f} "
+                f"| {r['decode_tok_s']:.1f} | {r['ttft_speedup']:.2f} | {r['decode_speedup']:.2f} |"
+            )
+        lines += ["", "| aspect | batch | ratio (prepacked) | value |", "|---|---|---|---|"]
+        for (aspect, batch), entry in scaling_ratios(results["prepacked"]).items():
+            for key, value in entry.items():
+                lines.append(f"| {aspect} | {batch} | {key} | {value:.3f} |")
     return "\n".join(lines)
 
 
@@ -364,7 +412,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--compile", action="store_true", help="also time the same model after compile_vision() (torch.compile)"
     )
+    parser.add_argument(
+        "--cpu-weight-prepack",
+        action="store_true",
+        help="also time the same model after pack_linear_weights() (oneDNN-packed linear layers; CPU, float32)",
+    )
     args = parser.parse_args(argv)
+    if args.cpu_weight_prepack and (args.device != "cpu" or args.dtype not in (None, "float32")):
+        parser.error("--cpu-weight-prepack packs float32 weights for the CPU (use --device cpu, float32)")
     args.aspects = args.aspects.split(",")
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.scales = [int(s) for s in args.scales.split(",")]

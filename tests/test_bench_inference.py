@@ -37,3 +37,16 @@ def test_tiny_run_reports_every_budget_and_exact_cache_sizes(bench, aspect, tmp_
     (ratios,) = results["ratios"]
     assert ratios["kv_ratio_1_vs_576"] == pytest.approx(ratios["prompt_ratio_1_vs_576"])
     assert results["comparisons"][0]["hf_ttft_s_at_576"] > 0
+
+
+def test_prepacked_rows_time_the_same_model_after_packing(bench):
+    argv = ["--preset", "tiny", "--aspects", "pad", "--batch-sizes", "1", "--scales", "576,1"]
+    results = bench.main(argv + ["--repeats", "1", "--new-tokens", "2", "--cpu-weight-prepack"])
+    eager = {r["scale"]: r for r in results["rows"]}
+    packed = {r["scale"]: r for r in results["prepacked"]}
+    assert sorted(packed) == [1, 576]
+    for scale, row in packed.items():
+        # Packing changes how the weights are stored, not what the prompt or its cache is.
+        assert row["kv_cache_bytes"] == eager[scale]["kv_cache_bytes"]
+        assert row["prompt_tokens"] == eager[scale]["prompt_tokens"]
+        assert row["ttft_speedup"] == pytest.approx(eager[scale]["ttft_s"] / row["ttft_s"])

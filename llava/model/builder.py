@@ -19,6 +19,7 @@ from transformers.utils import is_flash_attn_2_available
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.model import LLAVA_MODEL_CLASSES
+from llava.model.cpu_packing import cpu_packing_available, pack_linear_weights
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def load_pretrained_model(
     device: str = "cuda",
     use_flash_attn: bool = False,
     torch_compile: bool = False,
+    cpu_weight_prepack: bool = False,
     **kwargs: Any,
 ) -> tuple[Any, torch.nn.Module, Any, int]:
     """Load a checkpoint; returns `(tokenizer, model, image_processor, context_len)`.
@@ -49,6 +51,9 @@ def load_pretrained_model(
         device: "cuda", "cpu" or "mps".
         use_flash_attn: flash-attention 2 where installed; SDPA otherwise (with a warning).
         torch_compile: compile the vision tower and projector (`compile_vision`); LLaVA models only.
+        cpu_weight_prepack: swap every float32 linear layer for one whose weight oneDNN packs once
+            (`llava.model.cpu_packing`): faster CPU inference, most of all for short prompts and
+            decode steps; the model can no longer be trained or moved off the CPU.
         kwargs: `torch_dtype=`/`dtype=` override the default (float32 on CPU, float16 on GPU);
             anything else goes to `from_pretrained`.
     """
@@ -57,6 +62,8 @@ def load_pretrained_model(
     dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None) or _default_dtype(device)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
+    if cpu_weight_prepack:
+        _check_prepack(device, dtype, load_8bit or load_4bit, torch_compile)
     load_kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": _attention(use_flash_attn), **kwargs}
     load_kwargs["device_map"] = device_map if device == "cuda" else {"": device}
     if load_8bit or load_4bit:
@@ -81,6 +88,9 @@ def load_pretrained_model(
             raise ValueError(f"torch_compile compiles the vision tower; {model_path} is not a LLaVA checkpoint")
         tokenizer = AutoTokenizer.from_pretrained(model_base or model_path)
         model = AutoModelForCausalLM.from_pretrained(model_base or model_path, **load_kwargs)
+        model.eval()
+        if cpu_weight_prepack:
+            pack_linear_weights(model)
         return tokenizer, model, None, _context_length(model.config)
 
     model_cls = LLAVA_MODEL_CLASSES[config.model_type][1]
@@ -100,9 +110,27 @@ def load_pretrained_model(
     _add_image_tokens(tokenizer, model)
     image_processor = _load_image_processor(model_path, model.config.mm_vision_tower)
     model.eval()
+    if cpu_weight_prepack:
+        pack_linear_weights(model)
     if torch_compile:
         model.compile_vision()
     return tokenizer, model, image_processor, _context_length(model.config)
+
+
+def _check_prepack(device: str, dtype: torch.dtype, quantised: bool, torch_compile: bool) -> None:
+    problems = []
+    if device != "cpu":
+        problems.append(f"device={device!r} (it packs for the CPU)")
+    if dtype != torch.float32:
+        problems.append(f"dtype={dtype} (it packs float32 weights)")
+    if quantised:
+        problems.append("bitsandbytes quantisation (quantised layers are not nn.Linear)")
+    if torch_compile:
+        problems.append("torch_compile (torch.compile cannot trace oneDNN-packed weights; choose one)")
+    if problems:
+        raise ValueError("cpu_weight_prepack does not apply with " + ", ".join(problems))
+    if not cpu_packing_available():
+        raise ValueError("cpu_weight_prepack needs a torch build with oneDNN (torch.backends.mkldnn)")
 
 
 def _default_dtype(device: str) -> torch.dtype:

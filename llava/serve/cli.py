@@ -57,6 +57,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="torch.compile the vision tower and projector (first image per shape compiles)",
     )
+    parser.add_argument(
+        "--cpu-weight-prepack",
+        action="store_true",
+        help="CPU, float32: pack every linear layer's weight once for oneDNN (faster prefill and decode)",
+    )
     parser.add_argument("--debug", action="store_true", help="print each prompt and its token counts")
     return parser.parse_args(argv)
 
@@ -155,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         load_4bit=args.load_4bit,
         use_flash_attn=args.use_flash_attn,
         torch_compile=args.torch_compile,
+        cpu_weight_prepack=args.cpu_weight_prepack,
         conv_mode=args.conv_mode,
         max_new_tokens_limit=max(args.max_new_tokens, 1),
     )

@@ -141,6 +141,7 @@ class InferenceEngine:
         load_4bit: bool = False,
         use_flash_attn: bool = False,
         torch_compile: bool = False,
+        cpu_weight_prepack: bool = False,
         **engine_kwargs: Any,
     ) -> InferenceEngine:
         """Load a checkpoint with `load_pretrained_model` and wrap it."""
@@ -157,6 +158,7 @@ class InferenceEngine:
             device=device,
             use_flash_attn=use_flash_attn,
             torch_compile=torch_compile,
+            cpu_weight_prepack=cpu_weight_prepack,
         )
         return cls(tokenizer, model, image_processor, context_len, model_name, **engine_kwargs)
 

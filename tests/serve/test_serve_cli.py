@@ -75,3 +75,21 @@ def test_a_bad_image_or_scale_is_reported_not_raised(tiny_llava_pad: Path, tmp_p
         cli.main(["--model-path", str(tiny_llava_pad), "--device", "cpu", "--image-file", str(tmp_path / "no.png")])
     with pytest.raises(SystemExit, match="valid values"):
         cli.main(["--model-path", str(tiny_llava_pad), "--device", "cpu", "--matryoshka_vis_token_scale", "5"])
+
+
+def test_cpu_weight_prepack_chats_the_same(monkeypatch, capsys, tiny_llava_pad: Path, image_file: Path):
+    argv = ["--model-path", str(tiny_llava_pad), "--image-file", str(image_file), "--device", "cpu"]
+    argv += ["--matryoshka_vis_token_scale", "9", "--temperature", "0", "--max-new-tokens", "8"]
+    plain = chat(monkeypatch, capsys, argv, io.StringIO("What is in the image?\n"))
+    packed = chat(monkeypatch, capsys, argv + ["--cpu-weight-prepack"], io.StringIO("What is in the image?\n"))
+    assert "ASSISTANT: " in packed and packed == plain
+
+
+def test_worker_flag_loads_a_packed_model(tiny_llava_pad: Path):
+    from llava.model.cpu_packing import PackedLinear
+    from llava.serve import model_worker
+    from llava.serve.service import service_from_args
+
+    args = model_worker.parse_args(["--model-path", str(tiny_llava_pad), "--device", "cpu", "--cpu-weight-prepack"])
+    model = service_from_args(args).engine.model
+    assert isinstance(model.lm_head, PackedLinear) and isinstance(model.model.mm_projector[0], PackedLinear)

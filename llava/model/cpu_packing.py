@@ -1,0 +1,99 @@
+"""Inference on CPU: linear layers with their weights pre-packed once for oneDNN.
+
+A float32 `nn.Linear` on CPU calls MKL's GEMM, which re-packs the whole weight matrix on every call.
+For a short prompt (M3's small budgets) or a decode step, that packing is most of the work: the
+prefill of a 41-token prompt ran at about half the GEMM rate of a 608-token one (docs/Performance.md).
+oneDNN can pack a weight once into its blocked layout and reuse it (what inductor's CPU
+`weight_prepack` does under `freezing`); `pack_linear_weights` swaps each float32 `nn.Linear` of a
+model for a `PackedLinear` that does exactly that, in place, for inference only: the packed layer has
+no autograd and stays on the CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+# oneDNN picks its blocking from an expected number of rows; the packed weight works for any number.
+_ROWS_HINT = 64
+
+
+def cpu_packing_available() -> bool:
+    """Whether this torch build has the oneDNN ops `PackedLinear` needs."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class PackedLinear(nn.Module):
+    """`y = x @ W.T + b` with `W` held pre-packed by oneDNN (float32, CPU, no autograd).
+
+    `weight` gives the plain (out_features, in_features) tensor back, and the state dict holds it
+    under the `nn.Linear` names, so saving a packed model writes the same checkpoint.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        weight = linear.weight.detach()
+        self.register_buffer(
+            "packed_weight", torch.ops.mkldnn._reorder_linear_weight(weight, _ROWS_HINT), persistent=False
+        )
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        self.register_buffer("bias", bias)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.packed_weight.to_dense()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise RuntimeError(
+                "PackedLinear is for inference (pack_linear_weights); it cannot backpropagate. "
+                "Load the model without weight packing to train it."
+            )
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            raise TypeError(f"PackedLinear takes float32 CPU inputs; got {x.dtype} on {x.device}")
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        destination[prefix + "weight"] = self.weight
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def pack_linear_weights(model: nn.Module) -> int:
+    """Replace every float32 CPU `nn.Linear` in `model` by a `PackedLinear`, in place.
+
+    Layers that share their weight with another module (tied embeddings) are left alone, as are
+    layers of other types (quantised, LoRA). Returns how many layers were packed. The model is for
+    inference from then on (`torch.inference_mode` or `no_grad`).
+    """
+    if not cpu_packing_available():
+        raise RuntimeError("this torch build has no oneDNN (torch.backends.mkldnn); weight packing needs it")
+    shared = _shared_weights(model)
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if type(module) is nn.Linear
+        and module.weight.dtype == torch.float32
+        and module.weight.device.type == "cpu"
+        and id(module.weight) not in shared
+    ]
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, PackedLinear(module))
+    return len(targets)
+
+
+def _shared_weights(model: nn.Module) -> set[int]:
+    """ids of parameters reachable under more than one module name (e.g. tied word embeddings)."""
+    seen: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        seen[id(param)] = seen.get(id(param), 0) + 1
+    return {key for key, count in seen.items() if count > 1}

@@ -1,0 +1,102 @@
+"""`cpu_weight_prepack`: oneDNN-packed linear layers give the same model, for inference on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.model.builder import load_pretrained_model
+from llava.model.cpu_packing import PackedLinear, cpu_packing_available, pack_linear_weights
+
+pytestmark = pytest.mark.skipif(not cpu_packing_available(), reason="torch built without oneDNN")
+
+PIXELS = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def plain_and_packed(tiny_llava_pad):
+    tokenizer, plain, _, _ = load_pretrained_model(str(tiny_llava_pad), None, "tiny", device="cpu")
+    _, packed, _, _ = load_pretrained_model(str(tiny_llava_pad), None, "tiny", device="cpu", cpu_weight_prepack=True)
+    return tokenizer, plain, packed
+
+
+def prompt_ids(tokenizer) -> torch.Tensor:
+    ids = (
+        tokenizer("USER: ").input_ids
+        + [IMAGE_TOKEN_INDEX]
+        + tokenizer(" Hi ASSISTANT:", add_special_tokens=False).input_ids
+    )
+    return torch.tensor([ids, ids])
+
+
+def test_every_linear_layer_of_tower_projector_and_language_model_is_packed(plain_and_packed):
+    _, plain, packed = plain_and_packed
+    linear_names = {name for name, module in plain.named_modules() if type(module) is nn.Linear}
+    packed_names = {name for name, module in packed.named_modules() if isinstance(module, PackedLinear)}
+    assert packed_names == linear_names
+    assert any(".vision_tower." in n for n in packed_names) and "lm_head" in packed_names
+    assert any("mm_projector" in n for n in packed_names) and any(".layers.0.mlp" in n for n in packed_names)
+    assert not any(type(m) is nn.Linear for m in packed.modules())
+
+
+@pytest.mark.parametrize("scale", [576, 36, 1])
+def test_packed_model_gives_the_same_logits_at_every_budget(plain_and_packed, scale):
+    tokenizer, plain, packed = plain_and_packed
+    ids = prompt_ids(tokenizer)
+    with torch.inference_mode():
+        expected = plain(input_ids=ids, images=PIXELS, matryoshka_vis_token_scale=scale).logits
+        got = packed(input_ids=ids, images=PIXELS, matryoshka_vis_token_scale=scale).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_packed_model_generates_the_same_tokens(plain_and_packed):
+    tokenizer, plain, packed = plain_and_packed
+    ids = prompt_ids(tokenizer)[:1]
+    kwargs = dict(images=PIXELS[:1], matryoshka_vis_token_scale=9, max_new_tokens=12, do_sample=False)
+    with torch.inference_mode():
+        expected = plain.generate(ids, **kwargs)
+        got = packed.generate(ids, **kwargs)
+    assert got.tolist() == expected.tolist()
+
+
+def test_saving_a_packed_model_writes_the_plain_checkpoint(plain_and_packed, tmp_path):
+    _, plain, packed = plain_and_packed
+    packed.save_pretrained(tmp_path / "copy")
+    saved = load_file(tmp_path / "copy" / "model.safetensors")
+    reference = plain.state_dict()
+    assert saved.keys() == reference.keys()
+    for key, value in saved.items():
+        torch.testing.assert_close(value, reference[key], rtol=0, atol=0, msg=key)
+
+
+def test_packed_layer_refuses_to_backpropagate():
+    layer = PackedLinear(nn.Linear(8, 4))
+    with pytest.raises(RuntimeError, match="cannot backpropagate"):
+        layer(torch.randn(3, 8, requires_grad=True))
+    with pytest.raises(TypeError, match="float32 CPU inputs"):
+        layer(torch.randn(3, 8, dtype=torch.float64))
+
+
+def test_tied_weights_stay_tied_and_unpacked():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8))
+    model[2].weight = model[0].weight
+    assert pack_linear_weights(model) == 1
+    assert isinstance(model[1], PackedLinear) and type(model[0]) is nn.Linear and model[2].weight is model[0].weight
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(dtype=torch.bfloat16), "dtype=torch.bfloat16"),
+        (dict(load_8bit=True), "bitsandbytes quantisation"),
+        (dict(torch_compile=True), "torch_compile"),
+    ],
+)
+def test_prepack_where_it_cannot_apply_is_a_clear_error(tiny_llava_pad, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        load_pretrained_model(str(tiny_llava_pad), None, "tiny", device="cpu", cpu_weight_prepack=True, **kwargs)
+    with pytest.raises(ValueError, match="device='cuda'"):
+        load_pretrained_model(str(tiny_llava_pad), None, "tiny", device="cuda", cpu_weight_prepack=True)
