@@ -97,6 +97,23 @@ def cache_bytes(cache: Any) -> int:
     return total
 
 
+def decode_speed(tokens: int, t_all: float, ttft: float) -> float | None:
+    """Tokens per second after the first token, or None when the run was too short to tell.
+
+    Each time is the fastest of its own repeats, so with few new tokens the noise in the time to
+    first token can exceed the whole decode time.
+    """
+    return tokens / (t_all - ttft) if t_all > ttft else None
+
+
+def ratio_or_none(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a / b
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def make_inputs(model: torch.nn.Module, aspect: str, batch: int, device: str, dtype: torch.dtype):
     """Random pixels and a prompt of `QUESTION_TOKENS` text tokens around one image placeholder."""
     crop = model.get_vision_tower().image_size
@@ -139,7 +156,7 @@ def bench_m3(model, aspect, batch, scale, args) -> dict[str, float]:
         "prompt_tokens": prompt_len,
         "t_vision_s": t_vision,
         "ttft_s": ttft,
-        "decode_tok_s": batch * (args.new_tokens - 1) / max(t_all - ttft, 1e-9),
+        "decode_tok_s": decode_speed(batch * (args.new_tokens - 1), t_all, ttft),
         "kv_cache_bytes": kv,
         "prefill_peak_bytes": mem,
     }
@@ -202,8 +219,8 @@ def compare_with_transformers(hf, model, aspect, batch, args) -> dict[str, float
     return {
         "m3_ttft_s_at_576": ttft_ours,
         "hf_ttft_s_at_576": ttft_hf,
-        "m3_decode_tok_s_at_576": steps / max(all_ours - ttft_ours, 1e-9),
-        "hf_decode_tok_s_at_576": steps / max(all_hf - ttft_hf, 1e-9),
+        "m3_decode_tok_s_at_576": decode_speed(steps, all_ours, ttft_ours),
+        "hf_decode_tok_s_at_576": decode_speed(steps, all_hf, ttft_hf),
     }
 
 
@@ -280,8 +297,9 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "aspect": aspect,
                 "batch": batch,
                 "ttft_ratio_vs_transformers_576": versus["m3_ttft_s_at_576"] / versus["hf_ttft_s_at_576"],
-                "decode_speed_ratio_vs_transformers_576": versus["m3_decode_tok_s_at_576"]
-                / versus["hf_decode_tok_s_at_576"],
+                "decode_speed_ratio_vs_transformers_576": ratio_or_none(
+                    versus["m3_decode_tok_s_at_576"], versus["hf_decode_tok_s_at_576"]
+                ),
                 **entry,
             }
         )
@@ -321,7 +339,7 @@ def bench_prepacked(model, aspect: str, eager_rows: list[dict], args: argparse.N
             eager = next(r for r in eager_rows if (r["aspect"], r["batch"], r["scale"]) == (aspect, batch, scale))
             row = {"aspect": aspect, "batch": batch, "scale": scale, **bench_m3(model, aspect, batch, scale, args)}
             row["ttft_speedup"] = eager["ttft_s"] / row["ttft_s"]
-            row["decode_speedup"] = row["decode_tok_s"] / eager["decode_tok_s"]
+            row["decode_speedup"] = ratio_or_none(row["decode_tok_s"], eager["decode_tok_s"])
             out.append(row)
             print(f"prepacked {aspect} b={batch} s={scale}: ttft {row['ttft_s']:.4f}s", flush=True)
     return out
@@ -339,7 +357,7 @@ def markdown(results: dict[str, Any]) -> str:
     for r in results["rows"]:
         lines.append(
             f"| {r['aspect']} | {r['batch']} | {r['scale']} | {r['prompt_tokens']} | {r['t_vision_s']:.4f} "
-            f"| {r['ttft_s']:.4f} | {r['decode_tok_s']:.1f} "
+            f"| {r['ttft_s']:.4f} | {fmt(r['decode_tok_s'], '.1f')} "
             f"| {r['kv_cache_bytes'] / 2**20:.2f} | {r['prefill_peak_bytes'] / 2**20:.2f} |"
         )
     lines += [
@@ -352,13 +370,13 @@ def markdown(results: dict[str, Any]) -> str:
     for c in results["comparisons"]:
         lines.append(
             f"| {c['aspect']} | {c['batch']} | {c['m3_ttft_s_at_576']:.4f} | {c['hf_ttft_s_at_576']:.4f} "
-            f"| {c['m3_decode_tok_s_at_576']:.1f} | {c['hf_decode_tok_s_at_576']:.1f} |"
+            f"| {fmt(c['m3_decode_tok_s_at_576'], '.1f')} | {fmt(c['hf_decode_tok_s_at_576'], '.1f')} |"
         )
     lines += ["", "| aspect | batch | ratio | value |", "|---|---|---|---|"]
     for entry in results["ratios"]:
         for key, value in entry.items():
             if key not in ("aspect", "batch"):
-                lines.append(f"| {entry['aspect']} | {entry['batch']} | {key} | {value:.3f} |")
+                lines.append(f"| {entry['aspect']} | {entry['batch']} | {key} | {fmt(value, '.3f')} |")
     if results.get("compiled"):
         lines += [
             "",
@@ -383,7 +401,7 @@ def markdown(results: dict[str, Any]) -> str:
         for r in results["prepacked"]:
             lines.append(
                 f"| {r['aspect']} | {r['batch']} | {r['scale']} | {r['t_vision_s']:.4f} | {r['ttft_s']:.4f} "
-                f"| {r['decode_tok_s']:.1f} | {r['ttft_speedup']:.2f} | {r['decode_speedup']:.2f} |"
+                f"| {fmt(r['decode_tok_s'], '.1f')} | {r['ttft_speedup']:.2f} | {fmt(r['decode_speedup'], '.2f')} |"
             )
         lines += ["", "| aspect | batch | ratio (prepacked) | value |", "|---|---|---|---|"]
         for (aspect, batch), entry in scaling_ratios(results["prepacked"]).items():
