@@ -1,12 +1,14 @@
 """Inference on CPU: linear layers with their weights pre-packed once for oneDNN.
 
-A float32 `nn.Linear` on CPU calls MKL's GEMM, which re-packs the whole weight matrix on every call.
-For a short prompt (M3's small budgets) or a decode step, that packing is most of the work: the
-prefill of a 41-token prompt ran at about half the GEMM rate of a 608-token one (docs/Performance.md).
+A float32 `nn.Linear` on CPU calls MKL's GEMM, which packs its operands on every call; with few rows
+that cost is not amortised. On the development machine an 8-row and a 41-row product with the same
+1536×4096 weights took the same time, and a 41-row one ran at about two thirds of the 608-row GEMM
+rate: the reason the after-tower time of M3's small budgets fell more slowly than the prompt.
 oneDNN can pack a weight once into its blocked layout and reuse it (what inductor's CPU
 `weight_prepack` does under `freezing`); `pack_linear_weights` swaps each float32 `nn.Linear` of a
 model for a `PackedLinear` that does exactly that, in place, for inference only: the packed layer has
-no autograd and stays on the CPU.
+no autograd and stays on the CPU. Each packed call costs a fixed ~10 µs more, so it pays for real layer
+sizes (hidden 1024 and up) and slows down tiny ones (docs/Performance.md).
 """
 
 from __future__ import annotations
