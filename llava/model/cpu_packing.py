@@ -7,7 +7,7 @@ rate: the reason the after-tower time of M3's small budgets fell more slowly tha
 oneDNN can pack a weight once into its blocked layout and reuse it (what inductor's CPU
 `weight_prepack` does under `freezing`); `pack_linear_weights` swaps each float32 `nn.Linear` of a
 model for a `PackedLinear` that does exactly that, in place, for inference only: the packed layer has
-no autograd and stays on the CPU. Each packed call costs a fixed ~10 µs more, so it pays for real layer
+no autograd and stays on the CPU. Each packed call costs a fixed ~12 µs more, so it pays for real layer
 sizes (hidden 1024 and up) and slows down tiny ones (docs/Performance.md).
 """
 
