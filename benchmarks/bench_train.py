@@ -52,7 +52,10 @@ def load_model(args: argparse.Namespace, workdir: Path) -> Any:
     from llava.model.builder import load_pretrained_model
 
     path = args.model_path or str(build_tiny_llava(workdir / "tiny-llava"))
-    _, model, _, _ = load_pretrained_model(path, None, Path(path).name, device=args.device, dtype=args.dtype)
+    # It is trained below, so its linear layers must stay autograd-able nn.Linear (no CPU packing).
+    _, model, _, _ = load_pretrained_model(
+        path, None, Path(path).name, device=args.device, dtype=args.dtype, cpu_weight_prepack=False
+    )
     return model
 
 

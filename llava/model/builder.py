@@ -19,7 +19,7 @@ from transformers.utils import is_flash_attn_2_available
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.model import LLAVA_MODEL_CLASSES
-from llava.model.cpu_packing import cpu_packing_available, pack_linear_weights
+from llava.model.cpu_packing import PACK_MIN_WEIGHTS, cpu_packing_available, pack_linear_weights
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def load_pretrained_model(
     device: str = "cuda",
     use_flash_attn: bool = False,
     torch_compile: bool = False,
-    cpu_weight_prepack: bool = False,
+    cpu_weight_prepack: bool | None = None,
     **kwargs: Any,
 ) -> tuple[Any, torch.nn.Module, Any, int]:
     """Load a checkpoint; returns `(tokenizer, model, image_processor, context_len)`.
@@ -51,9 +51,13 @@ def load_pretrained_model(
         device: "cuda", "cpu" or "mps".
         use_flash_attn: flash-attention 2 where installed; SDPA otherwise (with a warning).
         torch_compile: compile the vision tower and projector (`compile_vision`); LLaVA models only.
-        cpu_weight_prepack: swap every float32 linear layer for one whose weight oneDNN packs once
+        cpu_weight_prepack: swap float32 linear layers for ones whose weight oneDNN packs once
             (`llava.model.cpu_packing`): faster CPU inference, most of all for short prompts and
-            decode steps; the model can no longer be trained or moved off the CPU.
+            decode steps; the packed model can no longer be trained, moved off the CPU or cast.
+            None (the default) packs the layers where it pays (`PACK_MIN_WEIGHTS` weights or more)
+            whenever it applies: float32 on the CPU, not quantised, not `torch_compile`. True packs
+            every float32 linear layer and is an error where it cannot apply; False never packs.
+            Pass False to train or move the loaded model.
         kwargs: `torch_dtype=`/`dtype=` override the default (float32 on CPU, float16 on GPU);
             anything else goes to `from_pretrained`.
     """
@@ -64,6 +68,7 @@ def load_pretrained_model(
         dtype = getattr(torch, dtype)
     if cpu_weight_prepack:
         _check_prepack(device, dtype, load_8bit or load_4bit, torch_compile)
+    prepack_min_weights = _prepack_min_weights(cpu_weight_prepack, device, dtype, load_8bit or load_4bit, torch_compile)
     load_kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": _attention(use_flash_attn), **kwargs}
     load_kwargs["device_map"] = device_map if device == "cuda" else {"": device}
     if load_8bit or load_4bit:
@@ -89,8 +94,8 @@ def load_pretrained_model(
         tokenizer = AutoTokenizer.from_pretrained(model_base or model_path)
         model = AutoModelForCausalLM.from_pretrained(model_base or model_path, **load_kwargs)
         model.eval()
-        if cpu_weight_prepack:
-            pack_linear_weights(model)
+        if prepack_min_weights is not None:
+            pack_linear_weights(model, prepack_min_weights)
         return tokenizer, model, None, _context_length(model.config)
 
     model_cls = LLAVA_MODEL_CLASSES[config.model_type][1]
@@ -110,8 +115,9 @@ def load_pretrained_model(
     _add_image_tokens(tokenizer, model)
     image_processor = _load_image_processor(model_path, model.config.mm_vision_tower)
     model.eval()
-    if cpu_weight_prepack:
-        pack_linear_weights(model)
+    if prepack_min_weights is not None:
+        packed = pack_linear_weights(model, prepack_min_weights)
+        logger.info("packed %d linear layers for oneDNN (cpu_weight_prepack=%s)", packed, cpu_weight_prepack)
     if torch_compile:
         model.compile_vision()
     return tokenizer, model, image_processor, _context_length(model.config)
@@ -131,6 +137,22 @@ def _check_prepack(device: str, dtype: torch.dtype, quantised: bool, torch_compi
         raise ValueError("cpu_weight_prepack does not apply with " + ", ".join(problems))
     if not cpu_packing_available():
         raise ValueError("cpu_weight_prepack needs a torch build with oneDNN (torch.backends.mkldnn)")
+
+
+def _prepack_min_weights(
+    requested: bool | None, device: str, dtype: torch.dtype, quantised: bool, torch_compile: bool
+) -> int | None:
+    """The `min_weights` for `pack_linear_weights`, or None for no packing."""
+    if requested is None:
+        applies = (
+            device == "cpu"
+            and dtype == torch.float32
+            and not quantised
+            and not torch_compile
+            and cpu_packing_available()
+        )
+        return PACK_MIN_WEIGHTS if applies else None
+    return 0 if requested else None
 
 
 def _default_dtype(device: str) -> torch.dtype:

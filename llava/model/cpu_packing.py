@@ -8,7 +8,7 @@ oneDNN can pack a weight once into its blocked layout and reuse it (what inducto
 `weight_prepack` does under `freezing`); `pack_linear_weights` swaps each float32 `nn.Linear` of a
 model for a `PackedLinear` that does exactly that, in place, for inference only: the packed layer has
 no autograd and stays on the CPU. Each packed call costs a fixed ~12 µs more, so it pays for real layer
-sizes (hidden 1024 and up) and slows down tiny ones (docs/Performance.md).
+sizes and slows down tiny ones: `PACK_MIN_WEIGHTS` is where it starts to pay (docs/Performance.md).
 """
 
 from __future__ import annotations
@@ -20,6 +20,12 @@ from torch import nn
 
 # oneDNN picks its blocking from an expected number of rows; the packed weight works for any number.
 _ROWS_HINT = 64
+
+# Smallest weight (in_features × out_features) that `load_pretrained_model` packs by default. Measured
+# on the 2-core development machine (fastest of 30 calls, 1 / 8 / 41 / 608 rows): a 256×256 layer is
+# 2.6× slower packed at one row; 512×512 is 1.1-1.9× faster from 8 rows on but 0.88-0.90× at one row;
+# from 512×1024 on, packed is faster at every row count (1.1-3.9×).
+PACK_MIN_WEIGHTS = 512 * 1024
 
 
 def cpu_packing_available() -> bool:
@@ -53,11 +59,16 @@ class PackedLinear(nn.Module):
         if torch.is_grad_enabled() and x.requires_grad:
             raise RuntimeError(
                 "PackedLinear is for inference (pack_linear_weights); it cannot backpropagate. "
-                "Load the model without weight packing to train it."
+                "Load the model with cpu_weight_prepack=False to train it."
             )
         if x.dtype != torch.float32 or x.device.type != "cpu":
             raise TypeError(f"PackedLinear takes float32 CPU inputs; got {x.dtype} on {x.device}")
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+    def _apply(self, fn: Any, recurse: bool = True) -> PackedLinear:
+        # `.to()`, `.cuda()`, `.half()` ... reach the packed buffer through here.
+        refuse_to_move_packed(self, fn)
+        return self
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         destination[prefix + "weight"] = self.weight
@@ -68,9 +79,28 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def pack_linear_weights(model: nn.Module) -> int:
+def refuse_to_move_packed(model: nn.Module, fn: Any) -> None:
+    """Raise if `fn` (as given to `Module._apply` by `.to()`, `.cuda()`, `.half()` ...) would move or
+    cast a model holding packed layers: oneDNN's blocked layout exists only as float32 on the CPU.
+
+    A model class calls this from its own `_apply` before any child moves, so a refused move leaves
+    the whole model as it was.
+    """
+    if not any(isinstance(module, PackedLinear) for module in model.modules()):
+        return
+    probe = fn(torch.zeros(1))
+    if probe.device.type != "cpu" or probe.dtype != torch.float32:
+        raise ValueError(
+            f"this model's linear weights are packed for float32 CPU inference (cpu_weight_prepack), so it "
+            f"cannot become {probe.dtype} on {probe.device}; load the model with cpu_weight_prepack=False "
+            "to move or cast it"
+        )
+
+
+def pack_linear_weights(model: nn.Module, min_weights: int = 0) -> int:
     """Replace every float32 CPU `nn.Linear` in `model` by a `PackedLinear`, in place.
 
+    Only layers with at least `min_weights` weights are packed (`PACK_MIN_WEIGHTS`: where it pays).
     Layers that share their weight with another module (tied embeddings) are left alone, as are
     layers of other types (quantised, LoRA). Returns how many layers were packed. The model is for
     inference from then on (`torch.inference_mode` or `no_grad`).
@@ -84,6 +114,7 @@ def pack_linear_weights(model: nn.Module) -> int:
         if type(module) is nn.Linear
         and module.weight.dtype == torch.float32
         and module.weight.device.type == "cpu"
+        and module.weight.numel() >= min_weights
         and id(module.weight) not in shared
     ]
     for name, module in targets:

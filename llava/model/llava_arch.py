@@ -22,6 +22,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model.anyres import count_anyres_tokens, merge_anyres_features
 from llava.model.config import LlavaMultimodalConfig
+from llava.model.cpu_packing import refuse_to_move_packed
 from llava.model.matryoshka import parse_scales, pool_visual_tokens, validate_scale
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from llava.model.multimodal_projector.builder import build_vision_projector
@@ -143,6 +144,11 @@ class LlavaMetaForCausalLM:
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         _init_image_newline(self, module)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        # Refuse a move or cast of a model with oneDNN-packed layers before any layer has moved.
+        refuse_to_move_packed(self, fn)
+        return super()._apply(fn, recurse)
 
     def get_model(self) -> LlavaMetaModel:
         return self.model

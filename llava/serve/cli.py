@@ -59,8 +59,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--cpu-weight-prepack",
-        action="store_true",
-        help="CPU, float32: pack every linear layer's weight once for oneDNN (faster prefill and decode)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CPU, float32: pack linear weights once for oneDNN (faster prefill and decode). Default: the "
+        "layers where it pays, whenever it applies; --cpu-weight-prepack packs every layer, "
+        "--no-cpu-weight-prepack none",
     )
     parser.add_argument("--debug", action="store_true", help="print each prompt and its token counts")
     return parser.parse_args(argv)

@@ -141,7 +141,7 @@ class InferenceEngine:
         load_4bit: bool = False,
         use_flash_attn: bool = False,
         torch_compile: bool = False,
-        cpu_weight_prepack: bool = False,
+        cpu_weight_prepack: bool | None = None,
         **engine_kwargs: Any,
     ) -> InferenceEngine:
         """Load a checkpoint with `load_pretrained_model` and wrap it."""

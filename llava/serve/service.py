@@ -234,8 +234,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--cpu-weight-prepack",
-        action="store_true",
-        help="CPU, float32: pack every linear layer's weight once for oneDNN (faster prefill and decode)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CPU, float32: pack linear weights once for oneDNN (faster prefill and decode). Default: the "
+        "layers where it pays, whenever it applies; --cpu-weight-prepack packs every layer, "
+        "--no-cpu-weight-prepack none",
     )
     group.add_argument("--conv-mode", default=None, help="conversation template (default: the checkpoint's)")
     group.add_argument(

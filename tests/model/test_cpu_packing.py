@@ -9,7 +9,8 @@ from torch import nn
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.builder import load_pretrained_model
-from llava.model.cpu_packing import PackedLinear, cpu_packing_available, pack_linear_weights
+from llava.model.cpu_packing import PACK_MIN_WEIGHTS, PackedLinear, cpu_packing_available, pack_linear_weights
+from llava.testing import build_tiny_llava
 
 pytestmark = pytest.mark.skipif(not cpu_packing_available(), reason="torch built without oneDNN")
 
@@ -100,3 +101,59 @@ def test_prepack_where_it_cannot_apply_is_a_clear_error(tiny_llava_pad, kwargs, 
         load_pretrained_model(str(tiny_llava_pad), None, "tiny", device="cpu", cpu_weight_prepack=True, **kwargs)
     with pytest.raises(ValueError, match="device='cuda'"):
         load_pretrained_model(str(tiny_llava_pad), None, "tiny", device="cuda", cpu_weight_prepack=True)
+
+
+@pytest.fixture(scope="module")
+def wide_mlp_llava(tmp_path_factory, tiny_clip):
+    """A tiny model whose MLP weights (64 × 8192) reach PACK_MIN_WEIGHTS and nothing else does."""
+    assert 64 * 8192 == PACK_MIN_WEIGHTS
+    return build_tiny_llava(
+        tmp_path_factory.mktemp("wide") / "llava-wide-mlp", vision_tower=tiny_clip, intermediate_size=8192
+    )
+
+
+def test_default_packs_only_the_layers_where_packing_pays(wide_mlp_llava):
+    tokenizer, default, _, _ = load_pretrained_model(str(wide_mlp_llava), None, "wide", device="cpu")
+    _, plain, _, _ = load_pretrained_model(str(wide_mlp_llava), None, "wide", device="cpu", cpu_weight_prepack=False)
+    packed_names = {name for name, module in default.named_modules() if isinstance(module, PackedLinear)}
+    mlp_names = {
+        f"model.layers.{i}.mlp.{proj}"
+        for i in range(default.config.num_hidden_layers)
+        for proj in ("gate_proj", "up_proj", "down_proj")
+    }
+    assert packed_names == mlp_names
+    assert not any(isinstance(module, PackedLinear) for module in plain.modules())
+    ids = prompt_ids(tokenizer)
+    with torch.inference_mode():
+        expected = plain(input_ids=ids, images=PIXELS, matryoshka_vis_token_scale=9).logits
+        got = default(input_ids=ids, images=PIXELS, matryoshka_vis_token_scale=9).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_refused_cast_leaves_the_whole_model_as_it_was(wide_mlp_llava):
+    _, model, _, _ = load_pretrained_model(str(wide_mlp_llava), None, "wide", device="cpu")
+    with pytest.raises(ValueError, match="cpu_weight_prepack=False"):
+        model.to(torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert model.to("cpu").float() is model  # no change of device or dtype: allowed
+
+
+def test_default_does_not_pack_where_packing_cannot_apply(wide_mlp_llava):
+    _, model, _, _ = load_pretrained_model(str(wide_mlp_llava), None, "wide", device="cpu", dtype=torch.bfloat16)
+    assert not any(isinstance(module, PackedLinear) for module in model.modules())
+    assert model.model.layers[0].mlp.gate_proj.weight.dtype == torch.bfloat16
+
+
+def test_a_packed_model_refuses_to_move_or_cast_by_name():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    pack_linear_weights(model)
+    x = torch.randn(2, 8)
+    with torch.inference_mode():
+        expected = model(x)
+    for move in (lambda: model.to(torch.bfloat16), lambda: model.double(), lambda: model.to("meta")):
+        with pytest.raises(ValueError, match="cannot become .* load the model with cpu_weight_prepack=False"):
+            move()
+    model.to("cpu")  # no change of device or dtype: allowed, and the layers still work
+    model.float()
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)

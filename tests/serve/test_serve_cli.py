@@ -93,3 +93,13 @@ def test_worker_flag_loads_a_packed_model(tiny_llava_pad: Path):
     args = model_worker.parse_args(["--model-path", str(tiny_llava_pad), "--device", "cpu", "--cpu-weight-prepack"])
     model = service_from_args(args).engine.model
     assert isinstance(model.lm_head, PackedLinear) and isinstance(model.model.mm_projector[0], PackedLinear)
+
+
+def test_weight_packing_flag_is_auto_unless_given(tiny_llava_pad: Path):
+    from llava.serve import model_worker
+
+    base = ["--model-path", str(tiny_llava_pad), "--device", "cpu"]
+    for parse in (cli.parse_args, model_worker.parse_args):
+        assert parse(base).cpu_weight_prepack is None  # load_pretrained_model packs where it pays
+        assert parse(base + ["--cpu-weight-prepack"]).cpu_weight_prepack is True
+        assert parse(base + ["--no-cpu-weight-prepack"]).cpu_weight_prepack is False
