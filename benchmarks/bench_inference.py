@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.convert_hf import to_hf_llava
-from llava.model.cpu_packing import pack_linear_weights
+from llava.model.cpu_packing import PACK_MIN_WEIGHTS, pack_linear_weights
 from llava.testing import build_random_llava
 
 SCALES = [576, 144, 36, 9, 1]
@@ -97,13 +98,35 @@ def cache_bytes(cache: Any) -> int:
     return total
 
 
-def decode_speed(tokens: int, t_all: float, ttft: float) -> float | None:
-    """Tokens per second after the first token, or None when the run was too short to tell.
+class TokenClock(StoppingCriteria):
+    """Never stops generation; notes the time each new token is ready (generate asks its stopping
+    criteria once per step, the first token included)."""
 
-    Each time is the fastest of its own repeats, so with few new tokens the noise in the time to
-    first token can exceed the whole decode time.
-    """
-    return tokens / (t_all - ttft) if t_all > ttft else None
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        synchronize(self.device)
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def timed_decode(generate: Callable[..., Any], tokens: int, device: str, repeats: int) -> float | None:
+    """Decode speed in steps per second: (tokens - 1) steps after the first token, timed inside one
+    `generate` call (first token ready → last token ready), fastest of `repeats` calls after a
+    warm-up. Within one call the prefill's noise does not enter. None with fewer than 2 tokens."""
+    if tokens < 2:
+        return None
+    best = float("inf")
+    for i in range(repeats + 1):
+        clock = TokenClock(device)
+        generate(tokens, StoppingCriteriaList([clock]))
+        if len(clock.times) != tokens:
+            raise RuntimeError(f"expected {tokens} timed steps, got {len(clock.times)}")
+        if i:  # the first call warms up
+            best = min(best, clock.times[-1] - clock.times[0])
+    return (tokens - 1) / best
 
 
 def ratio_or_none(a: float | None, b: float | None) -> float | None:
@@ -135,7 +158,7 @@ def bench_m3(model, aspect, batch, scale, args) -> dict[str, float]:
     with torch.inference_mode():
         t_vision = timed(lambda: model.encode_images(pixels), args.device, args.repeats)
         ttft = timed(lambda: generate(1), args.device, args.repeats)
-        t_all = timed(lambda: generate(args.new_tokens), args.device, args.repeats)
+        steps_per_s = timed_decode(generate, args.new_tokens, args.device, args.repeats)
         encoded = model.encode_images(pixels)
 
         def prefill():
@@ -156,7 +179,7 @@ def bench_m3(model, aspect, batch, scale, args) -> dict[str, float]:
         "prompt_tokens": prompt_len,
         "t_vision_s": t_vision,
         "ttft_s": ttft,
-        "decode_tok_s": decode_speed(batch * (args.new_tokens - 1), t_all, ttft),
+        "decode_tok_s": None if steps_per_s is None else batch * steps_per_s,
         "kv_cache_bytes": kv,
         "prefill_peak_bytes": mem,
     }
@@ -172,7 +195,7 @@ def hf_generator(hf, model, aspect, batch, args) -> Callable[[int], Any]:
     hf_ids = torch.tensor([row[:pos] + [image_token] * n_visual + row[pos + 1 :]] * batch, device=args.device)
     extra = {"image_sizes": torch.tensor([[h, w] for w, h in sizes], device=args.device)} if aspect == "anyres" else {}
 
-    def generate(n: int):
+    def generate(n: int, stopping_criteria: StoppingCriteriaList | None = None):
         with torch.inference_mode():
             return hf.generate(
                 input_ids=hf_ids,
@@ -182,6 +205,7 @@ def hf_generator(hf, model, aspect, batch, args) -> Callable[[int], Any]:
                 do_sample=False,
                 pad_token_id=0,
                 use_cache=True,
+                stopping_criteria=stopping_criteria,
                 **extra,
             )
 
@@ -191,7 +215,7 @@ def hf_generator(hf, model, aspect, batch, args) -> Callable[[int], Any]:
 def m3_generator(model, aspect, batch, scale, args) -> Callable[[int], Any]:
     ids, pixels, sizes = make_inputs(model, aspect, batch, args.device, args.dtype)
 
-    def generate(n: int):
+    def generate(n: int, stopping_criteria: StoppingCriteriaList | None = None):
         with torch.inference_mode():
             return model.generate(
                 ids,
@@ -203,24 +227,25 @@ def m3_generator(model, aspect, batch, scale, args) -> Callable[[int], Any]:
                 do_sample=False,
                 pad_token_id=0,
                 use_cache=True,
+                stopping_criteria=stopping_criteria,
             )
 
     return generate
 
 
 def compare_with_transformers(hf, model, aspect, batch, args) -> dict[str, float]:
-    """TTFT and decode speed of M3 and transformers at 576 tokens, timed alternately."""
+    """TTFT and decode speed of M3 and transformers at 576 tokens; TTFT timed alternately."""
     ours, theirs = m3_generator(model, aspect, batch, 576, args), hf_generator(hf, model, aspect, batch, args)
     ttft_ours, ttft_hf = timed_together([lambda: ours(1), lambda: theirs(1)], args.device, args.repeats)
-    all_ours, all_hf = timed_together(
-        [lambda: ours(args.new_tokens), lambda: theirs(args.new_tokens)], args.device, args.repeats
-    )
-    steps = batch * (args.new_tokens - 1)
+    decode = {}
+    for name, generate in (("m3", ours), ("hf", theirs)):
+        steps_per_s = timed_decode(generate, args.new_tokens, args.device, args.repeats)
+        decode[name] = None if steps_per_s is None else batch * steps_per_s
     return {
         "m3_ttft_s_at_576": ttft_ours,
         "hf_ttft_s_at_576": ttft_hf,
-        "m3_decode_tok_s_at_576": decode_speed(steps, all_ours, ttft_ours),
-        "hf_decode_tok_s_at_576": decode_speed(steps, all_hf, ttft_hf),
+        "m3_decode_tok_s_at_576": decode["m3"],
+        "hf_decode_tok_s_at_576": decode["hf"],
     }
 
 
@@ -246,12 +271,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row = {"aspect": aspect, "batch": batch, "scale": scale, **bench_m3(model, aspect, batch, scale, args)}
                 results["rows"].append(row)
                 print(f"{aspect} b={batch} s={scale}: ttft {row['ttft_s']:.4f}s", flush=True)
-        del hf  # before packing: it holds the unpacked weights
         if args.compile:
             results.setdefault("compiled", []).extend(bench_compiled(model, aspect, results["rows"], args))
         if args.cpu_weight_prepack:
-            results.setdefault("prepacked", []).extend(bench_prepacked(model, aspect, results["rows"], args))
-        del model
+            # transformers' copy keeps the plain weights, for the packed model's own comparison.
+            packed_rows, packed_comparisons = bench_prepacked(model, hf, aspect, results["rows"], args)
+            results.setdefault("prepacked", []).extend(packed_rows)
+            results.setdefault("prepacked_comparisons", []).extend(packed_comparisons)
+        del hf, model
     return results
 
 
@@ -286,12 +313,12 @@ def bench_compiled(model, aspect: str, eager_rows: list[dict], args: argparse.Na
     return out
 
 
-def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
+def ratios(results: dict[str, Any], rows: str = "rows", comparisons: str = "comparisons") -> list[dict[str, Any]]:
     """Per (aspect, batch): the issue's target ratios, from this one run."""
-    comparisons = {(c["aspect"], c["batch"]): c for c in results["comparisons"]}
+    versus_by_key = {(c["aspect"], c["batch"]): c for c in results[comparisons]}
     out = []
-    for (aspect, batch), entry in scaling_ratios(results["rows"]).items():
-        versus = comparisons[(aspect, batch)]
+    for (aspect, batch), entry in scaling_ratios(results[rows]).items():
+        versus = versus_by_key[(aspect, batch)]
         out.append(
             {
                 "aspect": aspect,
@@ -330,11 +357,19 @@ def scaling_ratios(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str
     return out
 
 
-def bench_prepacked(model, aspect: str, eager_rows: list[dict], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """After the eager rows: pack the same model's linear weights for oneDNN and time every budget again."""
-    pack_linear_weights(model)
-    out = []
+def bench_prepacked(
+    model, hf, aspect: str, eager_rows: list[dict], args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """After the eager rows: pack the same model's linear weights for oneDNN as `load_pretrained_model`
+    does by default on the CPU (layers of `--pack-min-weights` weights or more), compare it with
+    transformers at 576 again and time every budget again."""
+    packed_layers = pack_linear_weights(model, args.pack_min_weights)
+    total = packed_layers + sum(type(m) is torch.nn.Linear for m in model.modules())
+    print(f"packed {packed_layers} of {total} linear layers", flush=True)
+    out, comparisons = [], []
     for batch in args.batch_sizes:
+        comparison = compare_with_transformers(hf, model, aspect, batch, args)
+        comparisons.append({"aspect": aspect, "batch": batch, "packed_layers": packed_layers, **comparison})
         for scale in args.scales:
             eager = next(r for r in eager_rows if (r["aspect"], r["batch"], r["scale"]) == (aspect, batch, scale))
             row = {"aspect": aspect, "batch": batch, "scale": scale, **bench_m3(model, aspect, batch, scale, args)}
@@ -342,7 +377,7 @@ def bench_prepacked(model, aspect: str, eager_rows: list[dict], args: argparse.N
             row["decode_speedup"] = ratio_or_none(row["decode_tok_s"], eager["decode_tok_s"])
             out.append(row)
             print(f"prepacked {aspect} b={batch} s={scale}: ttft {row['ttft_s']:.4f}s", flush=True)
-    return out
+    return out, comparisons
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -360,18 +395,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {r['ttft_s']:.4f} | {fmt(r['decode_tok_s'], '.1f')} "
             f"| {r['kv_cache_bytes'] / 2**20:.2f} | {r['prefill_peak_bytes'] / 2**20:.2f} |"
         )
-    lines += [
-        "",
-        "At 576 tokens, timed alternately with transformers' own class on the same weights:",
-        "",
-        "| aspect | batch | M3 TTFT s | transformers TTFT s | M3 decode tok/s | transformers decode tok/s |",
-        "|---|---|---|---|---|---|",
-    ]
-    for c in results["comparisons"]:
-        lines.append(
-            f"| {c['aspect']} | {c['batch']} | {c['m3_ttft_s_at_576']:.4f} | {c['hf_ttft_s_at_576']:.4f} "
-            f"| {fmt(c['m3_decode_tok_s_at_576'], '.1f')} | {fmt(c['hf_decode_tok_s_at_576'], '.1f')} |"
-        )
+    lines += ["", "At 576 tokens, timed alternately with transformers' own class on the same weights:", ""]
+    lines += comparison_table(results["comparisons"])
     lines += ["", "| aspect | batch | ratio | value |", "|---|---|---|---|"]
     for entry in results["ratios"]:
         for key, value in entry.items():
@@ -403,11 +428,27 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {r['aspect']} | {r['batch']} | {r['scale']} | {r['t_vision_s']:.4f} | {r['ttft_s']:.4f} "
                 f"| {fmt(r['decode_tok_s'], '.1f')} | {r['ttft_speedup']:.2f} | {fmt(r['decode_speedup'], '.2f')} |"
             )
+        lines += ["", "Packed M3 against transformers (plain weights) at 576 tokens:", ""]
+        lines += comparison_table(results["prepacked_comparisons"])
         lines += ["", "| aspect | batch | ratio (prepacked) | value |", "|---|---|---|---|"]
-        for (aspect, batch), entry in scaling_ratios(results["prepacked"]).items():
+        for entry in results["prepacked_ratios"]:
             for key, value in entry.items():
-                lines.append(f"| {aspect} | {batch} | {key} | {value:.3f} |")
+                if key not in ("aspect", "batch"):
+                    lines.append(f"| {entry['aspect']} | {entry['batch']} | {key} | {fmt(value, '.3f')} |")
     return "\n".join(lines)
+
+
+def comparison_table(comparisons: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| aspect | batch | M3 TTFT s | transformers TTFT s | M3 decode tok/s | transformers decode tok/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        lines.append(
+            f"| {c['aspect']} | {c['batch']} | {c['m3_ttft_s_at_576']:.4f} | {c['hf_ttft_s_at_576']:.4f} "
+            f"| {fmt(c['m3_decode_tok_s_at_576'], '.1f')} | {fmt(c['hf_decode_tok_s_at_576'], '.1f')} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -422,7 +463,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--new-tokens",
         type=int,
         default=32,
-        help="tokens per timed generation; decode speed is (n-1) / (t(n) - t(1)), so short runs are noisy",
+        help="tokens per timed generation; decode speed is timed inside each call, first token to last",
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
@@ -433,7 +474,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--cpu-weight-prepack",
         action="store_true",
-        help="also time the same model after pack_linear_weights() (oneDNN-packed linear layers; CPU, float32)",
+        help="also time the same model after pack_linear_weights() (oneDNN-packed linear layers; CPU, float32), "
+        "as load_pretrained_model gives it by default on the CPU",
+    )
+    parser.add_argument(
+        "--pack-min-weights",
+        type=int,
+        default=PACK_MIN_WEIGHTS,
+        help=f"with --cpu-weight-prepack: pack layers of at least this many weights (default {PACK_MIN_WEIGHTS}, "
+        "as load_pretrained_model; 0 packs every layer)",
     )
     args = parser.parse_args(argv)
     if args.cpu_weight_prepack and (args.device != "cpu" or args.dtype not in (None, "float32")):
@@ -448,6 +497,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     results = run(args)
     results["ratios"] = ratios(results)
+    if results.get("prepacked"):
+        results["prepacked_ratios"] = ratios(results, "prepacked", "prepacked_comparisons")
     print(markdown(results))
     if args.out:
         with open(args.out, "w") as f:

@@ -34,6 +34,7 @@ def test_tiny_run_reports_every_budget_and_exact_cache_sizes(bench, aspect, tmp_
     for row in rows.values():
         assert row["kv_cache_bytes"] == per_token * row["prompt_tokens"]
         assert row["ttft_s"] > 0 and row["prefill_peak_bytes"] > 0
+        assert row["decode_tok_s"] > 0  # timed inside one call: never n/a with 2 or more new tokens
     (ratios,) = results["ratios"]
     assert ratios["kv_ratio_1_vs_576"] == pytest.approx(ratios["prompt_ratio_1_vs_576"])
     assert results["comparisons"][0]["hf_ttft_s_at_576"] > 0
@@ -41,7 +42,15 @@ def test_tiny_run_reports_every_budget_and_exact_cache_sizes(bench, aspect, tmp_
 
 def test_prepacked_rows_time_the_same_model_after_packing(bench):
     argv = ["--preset", "tiny", "--aspects", "pad", "--batch-sizes", "1", "--scales", "576,1"]
-    results = bench.main(argv + ["--repeats", "1", "--new-tokens", "2", "--cpu-weight-prepack"])
+    # The tiny preset's layers are all below PACK_MIN_WEIGHTS: pack them all, to time packed layers.
+    results = bench.main(
+        argv + ["--repeats", "1", "--new-tokens", "2", "--cpu-weight-prepack", "--pack-min-weights", "0"]
+    )
+    (comparison,) = results["prepacked_comparisons"]
+    assert comparison["packed_layers"] > 0 and comparison["hf_ttft_s_at_576"] > 0
+    assert results["prepacked_ratios"][0]["kv_ratio_1_vs_576"] == pytest.approx(
+        results["ratios"][0]["kv_ratio_1_vs_576"]
+    )
     eager = {r["scale"]: r for r in results["rows"]}
     packed = {r["scale"]: r for r in results["prepacked"]}
     assert sorted(packed) == [1, 576]
