@@ -397,11 +397,7 @@ def markdown(results: dict[str, Any]) -> str:
         )
     lines += ["", "At 576 tokens, timed alternately with transformers' own class on the same weights:", ""]
     lines += comparison_table(results["comparisons"])
-    lines += ["", "| aspect | batch | ratio | value |", "|---|---|---|---|"]
-    for entry in results["ratios"]:
-        for key, value in entry.items():
-            if key not in ("aspect", "batch"):
-                lines.append(f"| {entry['aspect']} | {entry['batch']} | {key} | {fmt(value, '.3f')} |")
+    lines += ratio_table(results["ratios"], "ratio")
     if results.get("compiled"):
         lines += [
             "",
@@ -430,12 +426,17 @@ def markdown(results: dict[str, Any]) -> str:
             )
         lines += ["", "Packed M3 against transformers (plain weights) at 576 tokens:", ""]
         lines += comparison_table(results["prepacked_comparisons"])
-        lines += ["", "| aspect | batch | ratio (prepacked) | value |", "|---|---|---|---|"]
-        for entry in results["prepacked_ratios"]:
-            for key, value in entry.items():
-                if key not in ("aspect", "batch"):
-                    lines.append(f"| {entry['aspect']} | {entry['batch']} | {key} | {fmt(value, '.3f')} |")
+        lines += ratio_table(results["prepacked_ratios"], "ratio (prepacked)")
     return "\n".join(lines)
+
+
+def ratio_table(entries: list[dict[str, Any]], header: str) -> list[str]:
+    lines = ["", f"| aspect | batch | {header} | value |", "|---|---|---|---|"]
+    for entry in entries:
+        for key, value in entry.items():
+            if key not in ("aspect", "batch"):
+                lines.append(f"| {entry['aspect']} | {entry['batch']} | {key} | {fmt(value, '.3f')} |")
+    return lines
 
 
 def comparison_table(comparisons: list[dict[str, Any]]) -> list[str]:

@@ -22,7 +22,7 @@ from llava.mm_utils import load_image
 from llava.serve.engine import GenerationChunk, InferenceEngine, Job, SamplingParams
 from llava.serve.errors import RequestError
 from llava.serve.prompting import template_stop
-from llava.serve.service import default_device
+from llava.serve.service import add_loading_arguments, default_device
 
 logger = logging.getLogger(__name__)
 
@@ -49,22 +49,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=0.2, help="0 for greedy decoding")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--load-8bit", action="store_true")
-    parser.add_argument("--load-4bit", action="store_true")
-    parser.add_argument("--use-flash-attn", action="store_true")
-    parser.add_argument(
-        "--torch-compile",
-        action="store_true",
-        help="torch.compile the vision tower and projector (first image per shape compiles)",
-    )
-    parser.add_argument(
-        "--cpu-weight-prepack",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="CPU, float32: pack linear weights once for oneDNN (faster prefill and decode). Default: the "
-        "layers where it pays, whenever it applies; --cpu-weight-prepack packs every layer, "
-        "--no-cpu-weight-prepack none",
-    )
+    add_loading_arguments(parser)
     parser.add_argument("--debug", action="store_true", help="print each prompt and its token counts")
     return parser.parse_args(argv)
 

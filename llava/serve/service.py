@@ -207,7 +207,7 @@ class ModelService:
         }
 
 
-# -- command-line flags shared by model_worker and openai_api ---------------------------------
+# -- command-line flags shared by model_worker, openai_api and cli ------------------------------
 
 
 def default_device() -> str:
@@ -218,21 +218,20 @@ def default_device() -> str:
     return "cpu"
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument("--model-path", required=True, help="checkpoint folder or hub id")
-    group.add_argument("--model-base", default=None, help="base LLM for LoRA or projector-only checkpoints")
-    group.add_argument("--model-name", default=None, help="name clients use (default: from --model-path)")
-    group.add_argument("--device", default=default_device(), help="cuda, mps or cpu (default: the best available)")
-    group.add_argument("--load-8bit", action="store_true")
-    group.add_argument("--load-4bit", action="store_true")
-    group.add_argument("--use-flash-attn", action="store_true")
-    group.add_argument(
+def add_loading_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How `load_pretrained_model` loads the checkpoint: quantisation, attention, compile, CPU packing.
+
+    Shared by the worker, the OpenAI-style server and `llava.serve.cli`.
+    """
+    parser.add_argument("--load-8bit", action="store_true")
+    parser.add_argument("--load-4bit", action="store_true")
+    parser.add_argument("--use-flash-attn", action="store_true")
+    parser.add_argument(
         "--torch-compile",
         action="store_true",
         help="torch.compile the vision tower and projector (first image per shape compiles)",
     )
-    group.add_argument(
+    parser.add_argument(
         "--cpu-weight-prepack",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -240,6 +239,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "layers where it pays, whenever it applies; --cpu-weight-prepack packs every layer, "
         "--no-cpu-weight-prepack none",
     )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model-path", required=True, help="checkpoint folder or hub id")
+    group.add_argument("--model-base", default=None, help="base LLM for LoRA or projector-only checkpoints")
+    group.add_argument("--model-name", default=None, help="name clients use (default: from --model-path)")
+    group.add_argument("--device", default=default_device(), help="cuda, mps or cpu (default: the best available)")
+    add_loading_arguments(group)
     group.add_argument("--conv-mode", default=None, help="conversation template (default: the checkpoint's)")
     group.add_argument(
         "--matryoshka_vis_token_scale",
