@@ -22,9 +22,10 @@ from torch import nn
 _ROWS_HINT = 64
 
 # Smallest weight (in_features × out_features) that `load_pretrained_model` packs by default. Measured
-# on the 2-core development machine (fastest of 30 calls, 1 / 8 / 41 / 608 rows): a 256×256 layer is
-# 2.6× slower packed at one row; 512×512 is 1.1-1.9× faster from 8 rows on but 0.88-0.90× at one row;
-# from 512×1024 on, packed is faster at every row count (1.1-3.9×).
+# by benchmarks/bench_linear_packing.py on the 2-core development machine (fastest of 30 calls,
+# 1 / 8 / 41 / 608 rows): a 256×256 layer is 2.6× slower packed at one row; 512×512 is 1.1-1.9×
+# faster from 8 rows on but 0.88-0.90× at one row; from 512×1024 on, packed is faster at every row
+# count (1.1-3.9×).
 PACK_MIN_WEIGHTS = 512 * 1024
 
 
