@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, CLIPImageProcessor
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, CLIPImageProcessor
 from transformers.utils import is_flash_attn_2_available
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.model import LLAVA_MODEL_CLASSES
-from llava.model.cpu_packing import PACK_MIN_WEIGHTS, cpu_packing_available, pack_linear_weights
+from llava.model.cpu_packing import prepare_for_inference
+from llava.model.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +67,6 @@ def load_pretrained_model(
     dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None) or _default_dtype(device)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    if cpu_weight_prepack:
-        _check_prepack(device, dtype, load_8bit or load_4bit, torch_compile)
-    prepack_min_weights = _prepack_min_weights(cpu_weight_prepack, device, dtype, load_8bit or load_4bit, torch_compile)
     load_kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": _attention(use_flash_attn), **kwargs}
     load_kwargs["device_map"] = device_map if device == "cuda" else {"": device}
     if load_8bit or load_4bit:
@@ -91,16 +89,15 @@ def load_pretrained_model(
     if not is_llava:
         if torch_compile:
             raise ValueError(f"torch_compile compiles the vision tower; {model_path} is not a LLaVA checkpoint")
-        tokenizer = AutoTokenizer.from_pretrained(model_base or model_path)
+        tokenizer = load_tokenizer(model_base or model_path)
         model = AutoModelForCausalLM.from_pretrained(model_base or model_path, **load_kwargs)
         model.eval()
-        if prepack_min_weights is not None:
-            pack_linear_weights(model, prepack_min_weights)
+        prepare_for_inference(model, cpu_weight_prepack)
         return tokenizer, model, None, _context_length(model.config)
 
     model_cls = LLAVA_MODEL_CLASSES[config.model_type][1]
     path = Path(model_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_base or model_path)
+    tokenizer = load_tokenizer(model_base or model_path)
     weights_from = model_base or model_path
     model, info = model_cls.from_pretrained(weights_from, config=config, output_loading_info=True, **load_kwargs)
     # Before any adapter is merged: LoRA may also have touched the tower.
@@ -115,44 +112,11 @@ def load_pretrained_model(
     _add_image_tokens(tokenizer, model)
     image_processor = _load_image_processor(model_path, model.config.mm_vision_tower)
     model.eval()
-    if prepack_min_weights is not None:
-        packed = pack_linear_weights(model, prepack_min_weights)
-        logger.info("packed %d linear layers for oneDNN (cpu_weight_prepack=%s)", packed, cpu_weight_prepack)
     if torch_compile:
         model.compile_vision()
+    packed = prepare_for_inference(model, cpu_weight_prepack)
+    logger.info("packed %d linear layers for oneDNN (cpu_weight_prepack=%s)", packed, cpu_weight_prepack)
     return tokenizer, model, image_processor, _context_length(model.config)
-
-
-def _check_prepack(device: str, dtype: torch.dtype, quantised: bool, torch_compile: bool) -> None:
-    problems = []
-    if device != "cpu":
-        problems.append(f"device={device!r} (it packs for the CPU)")
-    if dtype != torch.float32:
-        problems.append(f"dtype={dtype} (it packs float32 weights)")
-    if quantised:
-        problems.append("bitsandbytes quantisation (quantised layers are not nn.Linear)")
-    if torch_compile:
-        problems.append("torch_compile (torch.compile cannot trace oneDNN-packed weights; choose one)")
-    if problems:
-        raise ValueError("cpu_weight_prepack does not apply with " + ", ".join(problems))
-    if not cpu_packing_available():
-        raise ValueError("cpu_weight_prepack needs a torch build with oneDNN (torch.backends.mkldnn)")
-
-
-def _prepack_min_weights(
-    requested: bool | None, device: str, dtype: torch.dtype, quantised: bool, torch_compile: bool
-) -> int | None:
-    """The `min_weights` for `pack_linear_weights`, or None for no packing."""
-    if requested is None:
-        applies = (
-            device == "cpu"
-            and dtype == torch.float32
-            and not quantised
-            and not torch_compile
-            and cpu_packing_available()
-        )
-        return PACK_MIN_WEIGHTS if applies else None
-    return 0 if requested else None
 
 
 def _default_dtype(device: str) -> torch.dtype:

@@ -131,3 +131,40 @@ def _shared_weights(model: nn.Module) -> set[int]:
     for _, param in model.named_parameters(remove_duplicate=False):
         seen[id(param)] = seen.get(id(param), 0) + 1
     return {key for key, count in seen.items() if count > 1}
+
+
+def prepare_for_inference(model: nn.Module, cpu_weight_prepack: bool | None = None) -> int:
+    """Make a loaded model fast for inference on the CPU; returns how many layers were packed.
+
+    The one place the packing policy lives; every inference entry point (CLI, worker, evaluation,
+    benchmarks) calls it after loading, so the loader itself can return a plain, trainable model.
+    `cpu_weight_prepack`: None packs the layers where it pays (`PACK_MIN_WEIGHTS` weights or more)
+    whenever packing applies (float32 weights on the CPU, not quantised, not compiled); True packs
+    every float32 linear layer and is an error where packing cannot apply; False packs nothing.
+    """
+    if cpu_weight_prepack is False:
+        return 0
+    problems = _packing_problems(model)
+    if cpu_weight_prepack and problems:
+        raise ValueError("cpu_weight_prepack does not apply with " + ", ".join(problems))
+    if problems:
+        return 0
+    return pack_linear_weights(model, 0 if cpu_weight_prepack else PACK_MIN_WEIGHTS)
+
+
+def _packing_problems(model: nn.Module) -> list[str]:
+    """Why packing cannot apply to `model` (empty when it can)."""
+    problems = []
+    param = next(model.parameters())
+    if param.device.type != "cpu":
+        problems.append(f"a model on {param.device} (it packs for the CPU)")
+    if param.dtype != torch.float32:
+        problems.append(f"dtype={param.dtype} (it packs float32 weights)")
+    if getattr(model, "is_quantized", False) or getattr(model, "hf_quantizer", None) is not None:
+        problems.append("bitsandbytes quantisation (quantised layers are not nn.Linear)")
+    if any(hasattr(module, "_orig_mod") or module.__dict__.get("_compiled_call_impl") for module in model.modules()):
+        problems.append("a torch.compile'd module (torch.compile cannot trace oneDNN-packed weights; choose one)")
+    if not cpu_packing_available():
+        problems.append("a torch build without oneDNN (torch.backends.mkldnn)")
+    return problems
+

@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig, CLIPImageProcessor, CLIPVisionModel
+from transformers import AutoConfig, BitsAndBytesConfig, CLIPImageProcessor, CLIPVisionModel
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.model import LLAVA_MODEL_CLASSES
 from llava.model.matryoshka import parse_scales
+from llava.model.tokenizer import load_tokenizer as load_checkpoint_tokenizer
 from llava.train.arguments import ModelArguments, TrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def build_config(model_args: ModelArguments, training_args: TrainingArguments) -
 
 
 def load_tokenizer(model_args: ModelArguments, training_args: TrainingArguments) -> Any:
-    tokenizer = AutoTokenizer.from_pretrained(
+    tokenizer = load_checkpoint_tokenizer(
         model_args.model_name_or_path,
         cache_dir=training_args.cache_dir,
         model_max_length=training_args.model_max_length,
