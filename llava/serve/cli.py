@@ -19,10 +19,10 @@ from PIL import Image
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import Conversation, get_conv_template
 from llava.mm_utils import load_image
+from llava.serve.args import add_loading_arguments, default_device
 from llava.serve.engine import GenerationChunk, InferenceEngine, Job, SamplingParams
-from llava.serve.errors import RequestError
+from llava.serve.http import RequestError
 from llava.serve.prompting import template_stop
-from llava.serve.service import add_loading_arguments, default_device
 
 logger = logging.getLogger(__name__)
 

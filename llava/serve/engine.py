@@ -25,16 +25,20 @@ import torch
 from PIL import Image
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_TOKEN,
+    DEFAULT_MAX_IMAGES,
+    DEFAULT_MAX_NEW_TOKENS_LIMIT,
+    IMAGE_TOKEN_INDEX,
+)
 from llava.conversation import select_conv_mode
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model.matryoshka import TRAINED_SCALES, valid_scales
-from llava.serve.errors import RequestError
+from llava.serve.http import RequestError
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_NEW_TOKENS_LIMIT = 1024
-DEFAULT_MAX_IMAGES = 8
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from llava.serve.engine import (
     SamplingParams,
     top_p_filter,
 )
-from llava.serve.errors import RequestError
+from llava.serve.http import RequestError
 
 PROMPT = "USER: <image>\nWhat is in the image? ASSISTANT:"
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=6)

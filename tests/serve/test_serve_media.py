@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from llava.serve.errors import RequestError
+from llava.serve.http import RequestError
 from llava.serve.media import ImagePolicy, decode_image
 
 POLICY = ImagePolicy(max_image_bytes=64 * 1024, max_image_pixels=512 * 512)
