@@ -78,7 +78,7 @@ HOSTILE_JSON = [
 
 def json_values() -> st.SearchStrategy[str]:
     """JSON texts a hostile or careless client puts where a field's value goes: half from a list of known
-    troublemakers (each once broke a server), half generated."""
+    troublemakers, half generated."""
     generated = st.one_of(
         st.none(),
         st.booleans(),

@@ -20,7 +20,7 @@ from llava.serve.media import ImageLayout, ImagePolicy, decode_image
 
 PROMPT = "USER: <image>\nWhat is in the image? ASSISTANT:"
 
-# (name, raw JSON of the field's value, the field the error must name). Each was a plain-text 500 once.
+# (name, raw JSON of the value): what careless or hostile clients send where one integer belongs.
 HOSTILE_SCALES = [
     ("float", b"9.0"),
     ("fraction", b"9.5"),
@@ -164,7 +164,7 @@ def png(size: tuple[int, int]) -> bytes:
 
 
 def test_an_elongated_image_is_refused_before_it_is_padded(tmp_path: Path, tiny_llava_pad: Path) -> None:
-    """A 16384x1024 PNG (17 KB, within the 4096² pixel limit) would be padded to 16384²: 4 GB once."""
+    """A 16384x1024 PNG (17 KB, within the 4096² pixel limit) would be padded to 16384²: 4 GB to process."""
     panorama = png((16384, 1024))
     assert len(panorama) < 64 * 1024 and 16384 * 1024 <= 4096 * 4096
     worker = start_worker(tiny_llava_pad, extra=["--max-image-bytes", str(1 << 20)])  # default pixel limit

@@ -2,8 +2,8 @@
 
 The worst image is the largest the limits let through: 4096x4096 pixels (--max-image-pixels), as RGBA
 (4 bytes a pixel before conversion), which needs no padding; a request carries at most 8 of them
-(--max-images). A 16384x1024 image within the pixel limit, which padding to a square once blew up to
-16384² (4 GB), must be refused without costing anything. The bounds are stated in docs/Serving.md.
+(--max-images). A 16384x1024 image within the pixel limit, which padding to a square would make
+16384² (4 GB to process), must be refused without costing anything. The bounds are stated in docs/Serving.md.
 """
 
 from __future__ import annotations
