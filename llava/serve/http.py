@@ -240,9 +240,22 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, crashed)
 
 
+class JSONApp(FastAPI):
+    """A FastAPI app whose OpenAPI schema says what its error handler answers: 400, not FastAPI's 422."""
+
+    def openapi(self) -> dict[str, Any]:
+        schema = super().openapi()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                if responses.pop("422", None) is not None:
+                    responses["400"] = {"description": "Invalid request: the message names the field at fault"}
+        return schema
+
+
 def create_json_app(title: str, max_request_bytes: int, lifespan: Any = None) -> FastAPI:
     """A FastAPI app whose routes parse capped JSON bodies and whose errors are all JSON (see module doc)."""
-    app = FastAPI(title=title, lifespan=lifespan)
+    app = JSONApp(title=title, lifespan=lifespan)
     app.router.route_class = JSONRoute
     app.state.max_request_bytes = max_request_bytes
     _install_error_handlers(app)

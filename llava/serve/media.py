@@ -16,7 +16,6 @@ import binascii
 import logging
 import math
 import re
-import warnings
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -172,12 +171,10 @@ def open_image(raw: bytes, policy: ImagePolicy, layout: ImageLayout | None = Non
     if len(raw) > policy.max_image_bytes:
         raise RequestError(413, f"image is larger than the limit of {policy.max_image_bytes} bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(BytesIO(raw)) as image:
-                check_pixels(*image.size, policy, layout)
-                return image.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        with Image.open(BytesIO(raw)) as image:
+            check_pixels(*image.size, policy, layout)
+            return image.convert("RGB")
+    except Image.DecompressionBombError:
         raise RequestError(413, f"image is over the limit of {policy.max_image_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise RequestError(400, f"payload is not a readable image: {e}") from None
