@@ -61,12 +61,13 @@ def image_placeholder_id(tokenizer: Any) -> int:
     """The in-vocabulary token id that stands for each visual token in vLLM's prompt.
 
     vLLM rejects prompt ids outside the vocabulary, and the placeholder's own embedding is never
-    used (the visual tokens replace it), so a token that text never produces serves: `<unk>`, else padding.
+    used (the visual tokens replace it), so a token that tokenizing text never yields serves: padding,
+    else `<unk>` (which byte-fallback tokenizers never yield either).
     """
-    for token_id in (tokenizer.unk_token_id, tokenizer.pad_token_id):
+    for token_id in (tokenizer.pad_token_id, tokenizer.unk_token_id):
         if token_id is not None:
             return int(token_id)
-    raise ValueError("the tokenizer has neither an unk nor a pad token to stand for visual tokens in vLLM")
+    raise ValueError("the tokenizer has neither a pad nor an unk token to stand for visual tokens in vLLM")
 
 
 class M3ProcessingInfo(BaseProcessingInfo):
@@ -106,6 +107,12 @@ class M3ProcessingInfo(BaseProcessingInfo):
 
     def resolve_scale(self, request_kwargs: Mapping[str, object]) -> int:
         """The validated budget of a request: its own, else the server's `--mm-processor-kwargs`, else the checkpoint's."""
+        unknown = sorted(set(request_kwargs) - {SCALE_KWARG})
+        if unknown:
+            raise VLLMValidationError(
+                f"unknown mm_processor_kwargs {unknown} for an M3 checkpoint; the only one is {SCALE_KWARG!r}",
+                parameter="mm_processor_kwargs",
+            )
         merged = self.ctx.get_merged_mm_kwargs(request_kwargs)
         scale = merged.get(SCALE_KWARG)
         if scale is None:
@@ -173,7 +180,11 @@ class M3MultiModalProcessor(BaseMultiModalProcessor[M3ProcessingInfo]):
 
         vLLM tokenizes a text prompt as one string, where `<image>` becomes ordinary text tokens that
         merge with their neighbours; LLaVA tokenizes the text between images chunk by chunk, and the
-        checkpoint was trained on those ids. A prompt already given as ids with placeholders is kept.
+        checkpoint was trained on those ids. So the ids are decoded back to the text and tokenized our
+        way, which needs a tokenizer whose decoding gives the text back (byte-level BPE, SentencePiece
+        with byte fallback: Llama, Vicuna, Mistral, Qwen2). A prompt given as ids that already hold the
+        placeholder (`prompt_token_ids` from `tokenizer_image_token(..., image_token_index=<placeholder>)`)
+        is kept as it is: the way to serve a tokenizer that loses text, such as M3-Shapes' word-level one.
         """
         placeholder = self.info.placeholder_id
         if placeholder in prompt:
