@@ -32,6 +32,7 @@ from PIL import Image  # noqa: E402
 
 from llava.conversation import get_conv_template  # noqa: E402
 from llava.data import shapes  # noqa: E402
+from llava.mm_utils import tokenizer_image_token  # noqa: E402
 from llava.testing import build_random_llava, build_tiny_tokenizer, tiny_image_processor  # noqa: E402
 from llava.vllm_plugin.plain_llava import save_plain_llava  # noqa: E402
 
@@ -63,11 +64,19 @@ def measure(path: Path, rows: dict[str, int | None], images: list[Image.Image], 
     )
     params = SamplingParams(max_tokens=args.new_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
     prompt = prompt_for(args.template)
+    tokenizer = llm.get_tokenizer()
+    # The plugin gets our ids with its placeholder (the shipped model's word-level tokenizer loses `<image>`
+    # in text); vLLM's LLaVA gets the text, its tokenizer knows `<image>`.
+    source = {"prompt": prompt}
+    if tokenizer.convert_tokens_to_ids("<image>") in (None, tokenizer.unk_token_id):
+        source = {
+            "prompt_token_ids": tokenizer_image_token(prompt, tokenizer, image_token_index=tokenizer.pad_token_id)
+        }
     results = {}
     try:
         for name, scale in rows.items():
             kwargs = {} if scale is None else {"mm_processor_kwargs": {"matryoshka_vis_token_scale": scale}}
-            batch = [{"prompt": prompt, "multi_modal_data": {"image": image}, **kwargs} for image in images]
+            batch = [{**source, "multi_modal_data": {"image": image}, **kwargs} for image in images]
             llm.generate(batch[: min(4, len(batch))], params, use_tqdm=False)  # warm-up
             best = float("inf")
             for _ in range(args.repeats):
