@@ -174,6 +174,8 @@ def tokenizer_image_token(
 
     Each text chunk is tokenised on its own; a BOS the tokenizer puts at the start of every chunk is
     kept once, at the very start, exactly as the original LLaVA does (the checkpoints were trained so).
+    A chunk therefore starts as a text of its own: with a sentencepiece Llama tokenizer " text" after an
+    image gets the dummy prefix ("▁▁text"), which `load_tokenizer` makes transformers 5 reproduce.
     """
     prompt_chunks = [tokenizer(chunk).input_ids for chunk in prompt.split(DEFAULT_IMAGE_TOKEN)]
 

@@ -78,6 +78,15 @@ class LlavaMultimodalConfig:
     def is_anyres(self) -> bool:
         return self.image_aspect_ratio is not None and self.image_aspect_ratio.startswith("anyres")
 
+    def default_scale_for(self, grid_side: int) -> int:
+        """The budget of a call that names none, for a `grid_side`² token grid (not yet validated against it):
+        `matryoshka_default_scale`, else the largest trained budget, else the full grid."""
+        if self.matryoshka_default_scale is not None:
+            return self.matryoshka_default_scale
+        if self.matryoshka_train_scales:
+            return max(self.matryoshka_train_scales)
+        return grid_side * grid_side
+
     def __post_init__(self, **kwargs: Any) -> None:
         # The family config's __post_init__ calls validate_multimodal() first; the released checkpoints'
         # `matryoshka_vis_token_scale` arrives later, among the extra kwargs the base class sets, so the

@@ -184,16 +184,8 @@ class LlavaMetaForCausalLM:
 
     @property
     def default_scale(self) -> int:
-        """The budget of a call that names none: the config's default, else the largest trained budget,
-        else the full grid (576 for CLIP-336)."""
-        config = self.config
-        if config.matryoshka_default_scale is not None:
-            scale = config.matryoshka_default_scale
-        elif config.matryoshka_train_scales:
-            scale = max(config.matryoshka_train_scales)
-        else:
-            scale = self.grid_side**2
-        return validate_scale(scale, self.grid_side)
+        """The budget of a call that names none (`LlavaMultimodalConfig.default_scale_for`), validated."""
+        return validate_scale(self.config.default_scale_for(self.grid_side), self.grid_side)
 
     def resolve_scale(self, scale: int | None) -> int:
         """One validated budget: `scale`, or the checkpoint's default for None.
