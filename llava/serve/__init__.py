@@ -7,7 +7,6 @@ Layout (one idea per file):
                          sampling and stop conditions, streaming text as it is produced
     batcher.py           `BatchScheduler`: a thread that groups concurrent requests into batches
     service.py           `ModelService`: engine + scheduler + limits, the async face the HTTP servers use
-    prompting.py         chat messages → one prompt in the checkpoint's conversation template
     http.py              body reading with a size cap, JSON errors, running uvicorn (also in a thread)
     controller.py        worker registry, heartbeats, dispatch, stream proxy
     model_worker.py      a model behind `/worker_generate_stream` (and the OpenAI routes)

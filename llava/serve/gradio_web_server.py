@@ -24,8 +24,7 @@ import requests
 from PIL import Image
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.conversation import Conversation, get_conv_template, process_image, select_conv_mode
-from llava.serve.prompting import template_stop
+from llava.conversation import Conversation, get_conv_template, process_image, select_conv_mode, template_stop
 
 logger = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from llava.generation import ChatTurn, build_chat_prompt
 from llava.serve.engine import PreparedRequest, SamplingParams
 from llava.serve.errors import RequestError
 from llava.serve.http import parse_model, read_json_body, run_server
-from llava.serve.prompting import ChatTurn, build_chat_prompt
 from llava.serve.service import (
     ChunkStream,
     ModelService,

@@ -20,8 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import torch
-
+from llava.generation import add_scale_argument, default_device
 from llava.serve.batcher import BatchScheduler
 from llava.serve.engine import (
     DEFAULT_MAX_IMAGES,
@@ -210,14 +209,6 @@ class ModelService:
 # -- command-line flags shared by model_worker, openai_api and cli ------------------------------
 
 
-def default_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def add_loading_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """How `load_pretrained_model` loads the checkpoint: quantisation, attention, compile, CPU packing.
 
@@ -249,14 +240,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default=default_device(), help="cuda, mps or cpu (default: the best available)")
     add_loading_arguments(group)
     group.add_argument("--conv-mode", default=None, help="conversation template (default: the checkpoint's)")
-    group.add_argument(
-        "--matryoshka_vis_token_scale",
-        "--matryoshka-vis-token-scale",
-        dest="matryoshka_vis_token_scale",
-        type=int,
-        default=None,
-        help="default visual-token budget when a request names none (1/9/36/144/576)",
-    )
+    add_scale_argument(group, "default visual-token budget when a request names none (1/9/36/144/576)")
 
 
 def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
@@ -302,17 +286,8 @@ def service_from_args(args: argparse.Namespace) -> ModelService:
     """Load the model named by the flags and wrap it in a (not yet started) service."""
     if args.load_8bit and args.load_4bit:
         raise SystemExit("choose one of --load-8bit and --load-4bit")
-    engine = InferenceEngine.from_pretrained(
-        args.model_path,
-        args.model_base,
-        args.model_name,
-        device=args.device,
-        load_8bit=args.load_8bit,
-        load_4bit=args.load_4bit,
-        use_flash_attn=args.use_flash_attn,
-        torch_compile=args.torch_compile,
-        cpu_weight_prepack=args.cpu_weight_prepack,
-        conv_mode=args.conv_mode,
+    engine = InferenceEngine.from_args(
+        args,
         max_new_tokens_limit=args.max_new_tokens_limit,
         max_images=args.max_images,
         default_scale=args.matryoshka_vis_token_scale,
