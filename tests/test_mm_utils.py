@@ -1,4 +1,4 @@
-"""Image preprocessing, prompt tokenisation and stopping, with a tiny offline tokenizer and a CLIP processor."""
+"""Image preprocessing and prompt tokenisation, with a tiny offline tokenizer and a CLIP processor."""
 
 import types
 from pathlib import Path
@@ -11,7 +11,6 @@ from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.mm_utils import (
-    KeywordsStoppingCriteria,
     divide_to_patches,
     expand2square,
     get_model_name_from_path,
@@ -168,24 +167,3 @@ def test_load_image(tmp_path):
 )
 def test_get_model_name_from_path(path, name):
     assert get_model_name_from_path(path) == name
-
-
-def test_keywords_stopping_criteria_per_row(tokenizer):
-    prompt = torch.tensor([tokenizer("what is this ?").input_ids] * 2)
-    stop = KeywordsStoppingCriteria(["###"], tokenizer, prompt)
-    cat, sep = _ids(tokenizer, "cat"), _ids(tokenizer, "###")
-    # Generation from input_ids: the criteria see prompt + new tokens.
-    step1 = torch.cat([prompt, torch.tensor([cat, sep])], dim=1)
-    assert stop(step1, None).tolist() == [False, True]
-
-    # Generation from inputs_embeds (LLaVA): the criteria see only the new tokens.
-    stop = KeywordsStoppingCriteria(["###"], tokenizer, prompt)
-    assert stop(torch.tensor([cat, cat]), None).tolist() == [False, False]
-    assert stop(torch.tensor([cat + sep, cat + cat]), None).tolist() == [True, False]
-
-
-def test_keywords_in_prompt_do_not_stop(tokenizer):
-    prompt = torch.tensor([tokenizer("### what").input_ids])
-    stop = KeywordsStoppingCriteria(["###"], tokenizer, prompt)
-    result = stop(torch.cat([prompt, torch.tensor([_ids(tokenizer, "cat")])], dim=1), None)
-    assert result.dtype == torch.bool and result.tolist() == [False]

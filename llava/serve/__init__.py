@@ -12,8 +12,8 @@ Layout (one idea per file):
     service.py           `BatchScheduler` (a thread that batches concurrent requests) and `ModelService`
                          (engine + scheduler + limits: the async face the servers use)
     engine.py            one model: validate and budget a request, generate a batch with per-row scales,
-                         sampling and stop conditions, streaming text as it is produced
-    prompting.py         chat messages → one prompt in the checkpoint's conversation template
+                         sampling and stop conditions (through `llava.generation`, the one prompt → generate
+                         path), streaming text as it is produced
     media.py             image payloads (base64, data: URLs, opt-in http(s)) → PIL images, every size bounded
 
 Only `engine.py`, `service.py`, `model_worker.py`, `openai_api.py` and `cli.py` import torch; the

@@ -25,17 +25,6 @@ WORKER_KEY_ENV = "LLAVA_WORKER_KEY"
 DEFAULT_EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "images"
 
 
-def default_device() -> str:
-    """The best device this machine has: cuda, then mps, then cpu."""
-    import torch  # only the model-serving entry points call this
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=f"python -m {prog}", description=description, allow_abbrev=False)
 
@@ -83,21 +72,17 @@ def add_loading_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGr
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    # Only the commands that load a model parse these flags, and llava.generation brings torch with it.
+    from llava.generation import add_scale_argument, default_device
+
     group = parser.add_argument_group("model")
     group.add_argument("--model-path", required=True, help="checkpoint folder or hub id")
     group.add_argument("--model-base", default=None, help="base LLM for LoRA or projector-only checkpoints")
     group.add_argument("--model-name", default=None, help="name clients use (default: from --model-path)")
-    group.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    group.add_argument("--device", default=default_device(), help="cuda, mps or cpu (default: the best available)")
     add_loading_arguments(group)
     group.add_argument("--conv-mode", default=None, help="conversation template (default: the checkpoint's)")
-    group.add_argument(
-        "--matryoshka_vis_token_scale",
-        "--matryoshka-vis-token-scale",
-        dest="matryoshka_vis_token_scale",
-        type=int,
-        default=None,
-        help="default visual-token budget when a request names none (1/9/36/144/576)",
-    )
+    add_scale_argument(group, "default visual-token budget when a request names none (1/9/36/144/576)")
 
 
 def _add_serving_arguments(parser: argparse.ArgumentParser) -> None:

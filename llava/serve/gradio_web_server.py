@@ -26,10 +26,9 @@ import requests
 from PIL import Image
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.conversation import Conversation, get_conv_template, process_image, select_conv_mode
+from llava.conversation import Conversation, get_conv_template, process_image, select_conv_mode, template_stop
 from llava.serve.args import DEFAULT_EXAMPLES_DIR
 from llava.serve.args import parse_web_args as parse_args
-from llava.serve.prompting import template_stop
 
 logger = logging.getLogger(__name__)
 

@@ -33,8 +33,9 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
 from llava.constants import WORKER_HEART_BEAT_INTERVAL
+from llava.generation import SamplingParams
 from llava.serve.args import parse_worker_args as parse_args
-from llava.serve.engine import PreparedRequest, SamplingParams
+from llava.serve.engine import PreparedRequest
 from llava.serve.http import RequestError, create_json_app, guarded_stream, run_server
 from llava.serve.openai_api import create_openai_router
 from llava.serve.protocol import VisualTokensParams, WorkerGenerateParams

@@ -26,8 +26,9 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import Field
 
+from llava.generation import ChatTurn, SamplingParams, build_chat_prompt
 from llava.serve.args import parse_openai_api_args as parse_args
-from llava.serve.engine import GenerationChunk, PreparedRequest, SamplingParams
+from llava.serve.engine import GenerationChunk, PreparedRequest
 from llava.serve.http import (
     RequestError,
     RequestModel,
@@ -39,7 +40,6 @@ from llava.serve.http import (
     run_server,
     until_disconnected,
 )
-from llava.serve.prompting import ChatTurn, build_chat_prompt
 from llava.serve.protocol import MAX_TOKENS, ModelName, Scale, Temperature, TopP
 from llava.serve.service import ChunkStream, ModelService, service_from_args
 

@@ -29,9 +29,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from llava.generation import SamplingParams
 from llava.mm_utils import processor_crop_size
-from llava.serve.args import default_device
-from llava.serve.engine import GenerationChunk, InferenceEngine, Job, PreparedRequest, SamplingParams
+from llava.serve.engine import GenerationChunk, InferenceEngine, Job, PreparedRequest
 from llava.serve.http import MIB, RequestError
 from llava.serve.media import ImageLayout, ImagePolicy, decode_image
 
@@ -264,7 +264,7 @@ class ModelService:
         self.limits = limits or ServiceLimits()
         self.scheduler = BatchScheduler(engine, max_batch_size=max_batch_size, batch_wait_s=batch_wait_s)
         self.image_layout = ImageLayout(
-            engine.model.config.image_aspect_ratio, processor_crop_size(engine.image_processor)
+            engine.model.config.image_aspect_ratio, processor_crop_size(engine.generator.image_processor)
         )
         self._mailboxes: dict[asyncio.AbstractEventLoop, LoopMailbox] = {}
 
@@ -337,17 +337,8 @@ def service_from_args(args: argparse.Namespace) -> ModelService:
     """Load the model named by the flags and wrap it in a (not yet started) service."""
     if args.load_8bit and args.load_4bit:
         raise SystemExit("choose one of --load-8bit and --load-4bit")
-    engine = InferenceEngine.from_pretrained(
-        args.model_path,
-        args.model_base,
-        args.model_name,
-        device=args.device or default_device(),
-        load_8bit=args.load_8bit,
-        load_4bit=args.load_4bit,
-        use_flash_attn=args.use_flash_attn,
-        torch_compile=args.torch_compile,
-        cpu_weight_prepack=args.cpu_weight_prepack,
-        conv_mode=args.conv_mode,
+    engine = InferenceEngine.from_args(
+        args,
         max_new_tokens_limit=args.max_new_tokens_limit,
         max_images=args.max_images,
         default_scale=args.matryoshka_vis_token_scale,

@@ -135,7 +135,7 @@ class VisualTokenBudget:
     @classmethod
     def from_model(cls, model: Any) -> VisualTokenBudget:
         config = model.config
-        scales = config.training_scales or [config.default_scale or model.grid_side**2]
+        scales = config.matryoshka_train_scales or [model.default_scale]
         largest = max(scales)
         if config.is_anyres:
             return cls(lambda size: model.num_visual_tokens(largest, size), True)

@@ -102,7 +102,7 @@ def build_config(model_args: ModelArguments, training_args: TrainingArguments) -
             setattr(config, name, getattr(model_args, name))
     if model_args.matryoshka_vis_token_scale is not None:
         scales = parse_scales(model_args.matryoshka_vis_token_scale)
-        config.matryoshka_vis_token_scale = scales  # a list, even of one: what training cycles through
+        config.matryoshka_train_scales = scales  # a list, even of one: what training cycles through
     if model_args.matryoshka_scale_weights is not None:
         config.matryoshka_scale_weights = [float(w) for w in model_args.matryoshka_scale_weights.split(",")]
     config.unfreeze_mm_vision_tower = model_args.unfreeze_mm_vision_tower

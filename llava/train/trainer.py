@@ -174,8 +174,8 @@ class LLaVATrainer(Trainer):
 
     def _scale_weights(self, scales: list[int]) -> list[float]:
         config = self.llava_model.config
-        if config.matryoshka_scale_weights and sorted(config.training_scales or []) == scales:
-            by_scale = dict(zip(config.training_scales, config.matryoshka_scale_weights))
+        if config.matryoshka_scale_weights and sorted(config.matryoshka_train_scales or []) == scales:
+            by_scale = dict(zip(config.matryoshka_train_scales, config.matryoshka_scale_weights))
             return [float(by_scale[s]) for s in scales]
         return [1.0] * len(scales)
 

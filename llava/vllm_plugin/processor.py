@@ -53,8 +53,7 @@ def clip_vision_config(config: LlavaMultimodalConfig) -> CLIPVisionConfig:
 
 def checkpoint_default_scale(config: LlavaMultimodalConfig, grid_side: int) -> int:
     """The budget of a request that names none (and no server-wide default was set): the checkpoint's."""
-    default = config.default_scale
-    return grid_side * grid_side if default is None else default
+    return config.default_scale_for(grid_side)
 
 
 def image_placeholder_id(tokenizer: Any) -> int:
@@ -119,7 +118,7 @@ class M3ProcessingInfo(BaseProcessingInfo):
             return checkpoint_default_scale(self.get_hf_config(), self.grid_side)
         try:
             return validate_scale(scale, self.grid_side)
-        except ValueError as err:
+        except (TypeError, ValueError) as err:
             raise VLLMValidationError(str(err), parameter=f"mm_processor_kwargs.{SCALE_KWARG}", value=scale) from err
 
     def num_image_tokens(self, scale: int, image_size: tuple[int, int]) -> int:

@@ -108,7 +108,7 @@ def test_every_bad_record_is_listed(make_dataset):
 
 def test_lengths_count_visual_tokens_at_the_largest_scale(make_dataset, pad_model):
     dataset = make_dataset([qa("<image>\nWhat color?"), TEXT_ONLY_RECORDS[0]])
-    assert pad_model.config.training_scales == [576, 144, 36, 9, 1]
+    assert pad_model.config.matryoshka_train_scales == [576, 144, 36, 9, 1]
     for i in range(len(dataset)):
         sample = dataset[i]
         images = int((sample["input_ids"] == IMAGE_TOKEN_INDEX).sum())

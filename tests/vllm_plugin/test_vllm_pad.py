@@ -80,7 +80,7 @@ def test_prefix_cache_never_mixes_budgets(llm: Any, reference: Reference) -> Non
 def test_no_budget_means_the_checkpoint_default(llm: Any, reference: Reference) -> None:
     prompt = chat_prompt(QUESTION)
     out = llm.generate(request(prompt, IMAGES[0], None), greedy())[0]
-    default = reference.model.config.default_scale
+    default = reference.model.default_scale
     assert default == 576
     assert len(out.prompt_token_ids) == len(reference.prompt_ids(prompt)) - 1 + default
     assert list(out.outputs[0].token_ids) == reference.generate(prompt, IMAGES[0], default)
