@@ -54,9 +54,10 @@ def checkpoint_step(folder: Path) -> int | None:
 def incomplete_reason(folder: Path) -> str | None:
     """Why `folder` cannot be resumed from (it was cut off while being written), or None when it is complete.
 
-    `trainer_state.json` is the Trainer's last write, after every process's weights, optimizer, RNG and
-    DeepSpeed files, so a folder with a readable one is whole; the other checks name what a damaged
-    folder lacks.
+    `trainer_state.json` is the Trainer's last write: after the main process's weights, optimizer and
+    RNG state, and after every rank's DeepSpeed shards (DeepSpeed ends its save with a barrier). So a
+    folder with a readable one is whole, bar the other ranks' small RNG files, which `LLaVATrainer`
+    waits for before publishing; the other checks name what a folder damaged later lacks.
     """
     if not any(folder.iterdir()):
         return "is empty"

@@ -51,7 +51,7 @@ def test_kill_9_while_saving_then_rerun_resumes_from_the_last_complete_checkpoin
     tiny_llava_pad, train_data, uninterrupted, tmp_path, caplog, once
 ):
     out = tmp_path / "run"
-    argv = m3_args(tiny_llava_pad, train_data, out)
+    argv = m3_args(tiny_llava_pad, train_data, out, save_total_limit=1)  # the one checkpoint must survive
     log = tmp_path / "killed.log"
     # As many threads as this process trains with, so the runs do the same arithmetic.
     killed = kill_while_saving(train_command(argv), out, log, once=once, threads=torch.get_num_threads())
@@ -59,6 +59,7 @@ def test_kill_9_while_saving_then_rerun_resumes_from_the_last_complete_checkpoin
     assert once is None or {"model.safetensors", once} <= set(killed.files), killed.files
     assert not (out / f"checkpoint-{killed.step}").exists()
     assert (out / UNFINISHED_DIR / f"checkpoint-{killed.step}").is_dir()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{killed.step - 1}"]
     assert last_complete_checkpoint(out) == str(out / f"checkpoint-{killed.step - 1}")
 
     with caplog.at_level(logging.WARNING, logger="llava"):
@@ -67,7 +68,8 @@ def test_kill_9_while_saving_then_rerun_resumes_from_the_last_complete_checkpoin
     assert trainer.state.global_step == STEPS
     assert [e["step"] for e in logged_losses(out)] == list(range(1, STEPS + 1))
     assert not (out / UNFINISHED_DIR).exists()
-    assert all(incomplete_reason(out / f"checkpoint-{s}") is None for s in range(killed.step, STEPS + 1))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{STEPS}"]
+    assert incomplete_reason(out / f"checkpoint-{STEPS}") is None
     assert_same_weights(out, uninterrupted)
     optimizer = f"checkpoint-{STEPS}/optimizer.pt"
     reference = torch.load(uninterrupted / optimizer, weights_only=True)["state"]

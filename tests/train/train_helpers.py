@@ -109,10 +109,11 @@ def kill_while_saving(
     """Run `command` (training that saves every step) and `kill -9` it while it writes a checkpoint.
 
     The whole process tree is stopped and killed (torchrun's workers run in sessions of their own).
-    When a checkpoint appears under `_unfinished_checkpoints/` (holding the file `once`, if given),
-    the tree is stopped (SIGSTOP) and, with every process stopped, checked: if `checkpoint-N` is not
-    in place yet the save is in progress and the tree is killed (SIGKILL); otherwise it goes on
-    (SIGCONT) to the next save. Checkpoint 1 is always let through, so there is one to resume from.
+    When a checkpoint appears under `_unfinished_checkpoints/`, the tree is stopped (SIGSTOP); then,
+    with every process stopped, it is let run in slices of half a millisecond until the checkpoint
+    holds the file `once` (if given), and killed (SIGKILL) there unless the save has been published
+    meanwhile, in which case it goes on to the next save. Checkpoint 1 is always let through, so
+    there is a complete one to resume from.
     """
     unfinished = output_dir / UNFINISHED_DIR
     deadline = time.monotonic() + timeout
@@ -121,9 +122,9 @@ def kill_while_saving(
         try:
             let_through = 1
             while process.poll() is None and time.monotonic() < deadline:
-                saving = [step for step in _unfinished_steps(unfinished, once) if step > let_through]
+                saving = [step for step in _unfinished_steps(unfinished) if step > let_through]
                 if saving:
-                    killed = _kill_if_unpublished(process, output_dir, max(saving))
+                    killed = _kill_mid_save(process, unfinished / f"checkpoint-{max(saving)}", output_dir, once)
                     if killed is not None:
                         return killed
                     let_through = max(saving)
@@ -136,28 +137,32 @@ def kill_while_saving(
                          f"{log.read_text()[-4000:]}")  # fmt: skip
 
 
-def _kill_if_unpublished(process: subprocess.Popen, output_dir: Path, step: int) -> KilledSave | None:
+def _kill_mid_save(process: subprocess.Popen, staged: Path, output_dir: Path, once: str | None) -> KilledSave | None:
+    """Stop the tree, step it until `staged` holds `once`, kill it there; None if the save finished first."""
     tree = _process_tree(process.pid)
     _signal_tree(tree, signal.SIGSTOP)
     _wait_until_stopped(tree)
-    if (output_dir / f"checkpoint-{step}").exists():  # too late: the save has finished
+    while not (output_dir / staged.name).exists() and process.poll() is None:
+        if once is None or (staged / once).exists():
+            files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
+            _signal_tree(tree, signal.SIGKILL)
+            process.wait()
+            psutil.wait_procs(tree, timeout=30)
+            return KilledSave(int(staged.name.split("-")[1]), files)
         _signal_tree(tree, signal.SIGCONT)
-        return None
-    staged = output_dir / UNFINISHED_DIR / f"checkpoint-{step}"
-    files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
-    _signal_tree(tree, signal.SIGKILL)
-    process.wait()
-    psutil.wait_procs(tree, timeout=30)
-    return KilledSave(step, files)
+        time.sleep(0.0005)
+        _signal_tree(tree, signal.SIGSTOP)
+        _wait_until_stopped(tree)
+    _signal_tree(tree, signal.SIGCONT)
+    return None
 
 
-def _unfinished_steps(unfinished: Path, once: str | None) -> list[int]:
-    """Steps whose checkpoint is being written (and holds the file `once`, if given)."""
+def _unfinished_steps(unfinished: Path) -> list[int]:
+    """Steps whose checkpoint is being written."""
     try:
-        names = [name for name in os.listdir(unfinished) if name.startswith("checkpoint-")]
+        return [int(name.split("-")[1]) for name in os.listdir(unfinished) if name.startswith("checkpoint-")]
     except FileNotFoundError:
         return []
-    return [int(name.split("-")[1]) for name in names if once is None or (unfinished / name / once).exists()]
 
 
 def _process_tree(pid: int) -> list[psutil.Process]:
