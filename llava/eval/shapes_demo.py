@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
@@ -30,6 +28,11 @@ from llava.data import shapes
 from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 from llava.model.matryoshka import TRAINED_SCALES
+from llava.optional import optional_dependency
+
+with optional_dependency():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 

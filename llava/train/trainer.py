@@ -23,6 +23,7 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from llava.optional import optional_dependency
 from llava.train.model_setup import gathered, load_projector_weights
 from llava.train.sampler import ModalityLengthGroupedSampler
 
@@ -92,7 +93,8 @@ class LLaVATrainer(Trainer):
             optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             if self._offloads_optimizer():
                 # ZeRO-Offload steps on the CPU and insists on DeepSpeed's CPU Adam; keep our groups.
-                from deepspeed.ops.adam import DeepSpeedCPUAdam
+                with optional_dependency():
+                    from deepspeed.ops.adam import DeepSpeedCPUAdam
 
                 optimizer_cls = DeepSpeedCPUAdam
                 kwargs = {
