@@ -60,6 +60,8 @@ def test_a_missing_optional_package_names_its_extra(monkeypatch: pytest.MonkeyPa
 
 def test_a_missing_submodule_of_an_optional_package_names_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
+    # A submodule imported earlier in this process would be found without its package.
+    monkeypatch.delitem(sys.modules, "matplotlib.figure", raising=False)
     with pytest.raises(ModuleNotFoundError, match="'eval' extra"):
         with optional_dependency():
             from matplotlib.figure import Figure  # noqa: F401
