@@ -26,7 +26,7 @@ from llava.serve import args as serve_args
 from llava.serve import model_worker, openai_api
 from llava.serve.backends import backend_from_args
 from llava.serve.backends.openai_engine import chat_messages, engine_refusal, read_chat
-from llava.serve.http import BackgroundServer, find_free_port
+from llava.serve.http import BackgroundServer, RequestError, find_free_port
 from llava.serve.service import service_from_args
 
 CONV = "llava_v1"  # the template of the tiny checkpoint's name, which the engine (our server) uses
@@ -214,6 +214,13 @@ def test_chat_messages_put_each_image_where_its_marker_stands() -> None:
         }
     ]
     assert read_chat("USER: no system prompt here ASSISTANT:", CONV) is None
+    answered = [
+        ChatTurn("user", [("text", "Hi")]),
+        ChatTurn("assistant", [("image", "a")]),
+        ChatTurn("user", [("text", "And?")]),
+    ]
+    with pytest.raises(RequestError, match="only user messages may carry images"):
+        chat_messages(build_chat_prompt(answered, CONV).prompt, CONV, ["data:a"])
 
 
 def test_engine_errors_keep_their_meaning() -> None:

@@ -19,6 +19,7 @@ from llava.generation import build_prompt
 from llava.serve import controller as controller_mod
 from llava.serve import model_worker
 from llava.serve.http import BackgroundServer, find_free_port
+from llava.testing import silence_non_text_tokens
 
 # The template the checkpoint's name implies, which the plugin's chat template renders for `vllm serve`.
 CONV_MODE = "llava_v1"
@@ -28,25 +29,15 @@ ENGINE_STARTUP_S = 600
 
 
 def build_text_checkpoint(root: Path, tower: Path) -> Path:
-    """The tests' tiny pad checkpoint (`build_pad_checkpoint`), able to write text tokens only.
-
-    A random model's answers are mostly lone UTF-8 bytes, which our decoder shows as U+FFFD and vLLM's
-    holds back, so answers could not be compared as text. Zeroing the output rows of every token that is
-    not text on its own keeps their logits at 0, below the largest of the other (random) logits.
-    """
+    """The tests' tiny pad checkpoint (`build_pad_checkpoint`) whose greedy answers are text
+    (`silence_non_text_tokens`), so that answers can be compared as text across engines."""
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer
 
     checkpoint = build_pad_checkpoint(root, tower)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     (weights,) = checkpoint.glob("*.safetensors")
     state = load_file(weights)
-    for token in range(state["lm_head.weight"].shape[0]):
-        text = tokenizer.decode([token])
-        if token != tokenizer.eos_token_id and (
-            not text.strip() or "\ufffd" in text or token in tokenizer.all_special_ids
-        ):
-            state["lm_head.weight"][token] = 0
+    silence_non_text_tokens(state["lm_head.weight"], AutoTokenizer.from_pretrained(checkpoint))
     save_file(state, weights, metadata={"format": "pt"})
     return checkpoint
 

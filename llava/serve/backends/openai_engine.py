@@ -281,9 +281,11 @@ def chat_messages(prompt: str, conv_mode: str, image_urls: list[str]) -> list[di
     urls = iter(image_urls)
     messages = []
     for role, text in turns:
-        if role != "user" or DEFAULT_IMAGE_TOKEN not in text:
+        if DEFAULT_IMAGE_TOKEN not in text:
             messages.append({"role": role, "content": text})
             continue
+        if role != "user":
+            raise RequestError(400, f"an image in a {role} turn: only user messages may carry images", "prompt")
         parts: list[dict[str, Any]] = []
         pieces = text.split(DEFAULT_IMAGE_TOKEN)
         for i, piece in enumerate(pieces):
