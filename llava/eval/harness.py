@@ -53,7 +53,13 @@ from llava.eval.generation import (
 )
 from llava.eval.run_llava import default_device
 from llava.eval.scoring.common import ScoringError
-from llava.mm_utils import get_model_name_from_path, load_image, load_image_from_base64, process_images
+from llava.mm_utils import (
+    format_image_query,
+    get_model_name_from_path,
+    load_image,
+    load_image_from_base64,
+    process_images,
+)
 from llava.model.builder import load_pretrained_model
 from llava.model.llava_arch import EncodedImages
 from llava.model.matryoshka import parse_scales, validate_scale
@@ -79,8 +85,10 @@ class Query:
     """One prompt about a sample's image and the fields its answer line carries.
 
     `text` is the user turn without the image marker (the harness adds it when the sample has an
-    image). `fields` go into the answer line before `text`: at least `prompt`, the question as the
-    scorers read it. `followup`, when set, asks a second time: the prompt plus the first answer
+    image and lays the turn out with the run's template), or, with `raw`, the whole prompt as a
+    benchmark fixes it (IG-VLM's video prompts), only its `<image>` marker formatted for the
+    checkpoint. `fields` go into the answer line before `text`: at least `prompt`, the question as
+    the scorers read it. `followup`, when set, asks a second time: the prompt plus the first answer
     plus `followup` (LLaVA's ScienceQA answer prompter).
     """
 
@@ -89,6 +97,7 @@ class Query:
     fields: dict[str, Any]
     round_idx: int | None = None
     followup: str | None = None
+    raw: bool = False
 
     @property
     def key(self) -> AnswerKey:
@@ -240,7 +249,12 @@ class SampleDataset(Dataset):
             pixels = process_images([image], self.image_processor, self.model_config)[0]
         num_images = int(image is not None)
         use_start_end = bool(self.model_config.mm_use_im_start_end)
-        prompts = [build_prompt(self.conv_mode, q.text, num_images, use_start_end) for q in sample.queries]
+        prompts = [
+            format_image_query(q.text, num_images, use_start_end)
+            if q.raw
+            else build_prompt(self.conv_mode, q.text, num_images, use_start_end)
+            for q in sample.queries
+        ]
         return PreparedSample(
             sample,
             pixels,
