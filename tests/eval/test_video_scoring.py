@@ -184,6 +184,11 @@ def test_open_ended_with_a_judge_and_its_review_cache(tmp_path: Path, open_sheet
     again: list[str] = []
     assert run_open_ended(argv, scripted_judge(replies, again))["accuracy"] == results["accuracy"]
     assert again == []
+    # A changed answer makes a new prompt: only it is judged again, and its new reply counts.
+    write_answers(answers, {"1": "a man", "2": "an onion", "3": "a song"})
+    replies["an onion"] = "{'pred': 'yes', 'score': 5}"
+    assert run_open_ended(argv, scripted_judge(replies, again))["accuracy"] == pytest.approx(200 / 3)
+    assert len(again) == 1 and "Predicted answer: an onion\n" in again[0]
     other = ["question_file", str(open_sheet), "answers", str(answers), "judge_model", "gpt-y", "reviews", str(reviews)]
     with pytest.raises(ScoringError, match="judged by 'gpt-x', but this run asks 'gpt-y'"):
         run_open_ended(other, scripted_judge(replies, again))

@@ -26,7 +26,8 @@ dictionary, parsed without evaluating it:
 The judge instructions restate IG-VLM's criteria and reply format in this project's words; IG-VLM
 asked gpt-3.5-turbo with its own wording and the API's default temperature (here 0), so judged
 numbers are close to, not identical with, the published ones. Replies are cached in `--reviews`
-(one JSON line per question, written as it comes): a rerun judges only what is missing. An
+(one JSON line per question, written as it comes): a rerun judges only what is missing, or what was
+judged on another prompt (a changed answer). An
 unanswered question counts as wrong (exact match, accuracy) and is left out of the mean score; an
 unreadable reply is left out of the mean score and counts as "no" (`num_unreadable`).
 """
@@ -240,10 +241,13 @@ def judge_items(
     reviews: str | Path | None = None,
     judge_model: str | None = None,
 ) -> dict[str, str]:
-    """The judge's reply per answered question: cached ones from `reviews`, the rest asked (and appended)."""
+    """The judge's reply per answered question: from `reviews` when it holds one for the same prompt, else asked
+    (and appended to `reviews`)."""
     criterion = CRITERIA[criterion_name]
-    replies = _cached_replies(reviews, criterion_name, judge_model) if reviews else {}
-    todo = [item for item in items if item.predictions and item.question_id not in replies]
+    cached = _cached_reviews(reviews, criterion_name, judge_model) if reviews else {}
+    prompts = {item.question_id: judge_prompt(criterion, item) for item in items if item.predictions}
+    replies = {qid: cached[qid][1] for qid, prompt in prompts.items() if cached.get(qid, ("",))[0] == prompt}
+    todo = [qid for qid in prompts if qid not in replies]
     if todo and judge is None:
         raise ScoringError(f"{len(todo)} answers have no review yet; pass --judge-model to judge them")
     out = None
@@ -251,12 +255,11 @@ def judge_items(
         Path(reviews).parent.mkdir(parents=True, exist_ok=True)
         out = open(reviews, "a", encoding="utf-8")
     try:
-        for item in todo:
-            prompt = judge_prompt(criterion, item)
-            replies[item.question_id] = judge(prompt)
+        for qid in todo:
+            replies[qid] = judge(prompts[qid])
             if out is not None:
-                line = {"question_id": item.question_id, "criterion": criterion_name, "judge_model": judge_model}
-                out.write(json.dumps({**line, "prompt": prompt, "reply": replies[item.question_id]}) + "\n")
+                line = {"question_id": qid, "criterion": criterion_name, "judge_model": judge_model}
+                out.write(json.dumps({**line, "prompt": prompts[qid], "reply": replies[qid]}) + "\n")
                 out.flush()
     finally:
         if out is not None:
@@ -264,20 +267,21 @@ def judge_items(
     return replies
 
 
-def _cached_replies(path: str | Path, criterion: str, judge_model: str | None) -> dict[str, str]:
+def _cached_reviews(path: str | Path, criterion: str, judge_model: str | None) -> dict[str, tuple[str, str]]:
+    """question id → (prompt, reply) of a reviews file; a later line for the same question wins."""
     if not Path(path).exists():
         return {}
-    replies = {}
+    reviews = {}
     for number, row in read_jsonl(path):
-        if row.get("criterion") != criterion or "question_id" not in row or "reply" not in row:
+        if row.get("criterion") != criterion or not {"question_id", "prompt", "reply"} <= set(row):
             raise ScoringError(f"{path}:{number}: not a {criterion!r} review; use another --reviews file")
         if judge_model is not None and row.get("judge_model") != judge_model:
             raise ScoringError(
                 f"{path}:{number}: judged by {row.get('judge_model')!r}, but this run asks {judge_model!r}; "
                 "use another --reviews file"
             )
-        replies[str(row["question_id"])] = row["reply"]
-    return replies
+        reviews[str(row["question_id"])] = (row["prompt"], row["reply"])
+    return reviews
 
 
 def summarize(items: Sequence[Item], criterion_name: str, replies: dict[str, str] | None) -> dict[str, Any]:
