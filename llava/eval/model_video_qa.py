@@ -19,8 +19,9 @@ Questions about the same video (and window) share one grid: it is decoded once a
 vision tower once for all its questions and all budgets. `--path_video` is IG-VLM's: a path with
 `%s` where the sheet's `video_name` goes; a missing file is also looked for, as IG-VLM does, without
 the ActivityNet `v_` prefix and with the extensions avi, mp4, mkv, webm and gif. Chunks, batches,
-resume and the per-budget answers files are the harness's (`llava.eval.harness`); decoding follows
-IG-VLM (greedy, up to 512 new tokens) unless flags say otherwise.
+resume and the per-budget answers files are the harness's (`llava.eval.harness`); the grids are made
+in the DataLoader's workers (`--num-workers`, 4 by default), and decoding follows IG-VLM (greedy, up
+to 512 new tokens) unless flags say otherwise.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ def _path_format(value: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[int, Path]:
-    parser = build_parser(__doc__.split("\n")[0], max_new_tokens=MAX_NEW_TOKENS)
+    parser = build_parser(__doc__.split("\n")[0], max_new_tokens=MAX_NEW_TOKENS, num_workers=4)
     parser.add_argument("--task", choices=TASKS, required=True)
     parser.add_argument(
         "--path-video",

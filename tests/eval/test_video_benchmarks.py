@@ -36,7 +36,7 @@ def videos(tmp_path: Path) -> Path:
 def run_args(model: Path, sheet: Path, videos: Path, answers: Path, task: str, scales: str, *extra: str) -> list[str]:
     argv = ["--model-path", str(model), "--question-file", str(sheet), "--path_video", f"{videos}/%s.mp4"]
     argv += ["--answers-file", str(answers), "--task", task, "--matryoshka_vis_token_scale", scales]
-    return argv + ["--max_new_tokens", "3", "--device", "cpu", *extra]
+    return argv + ["--max_new_tokens", "3", "--device", "cpu", "--num-workers", "0", *extra]
 
 
 # -- prompts and samples ---------------------------------------------------------------------------
@@ -155,7 +155,8 @@ def test_multiple_choice_at_several_budgets_one_tower_pass_per_grid_then_resume(
     ]
     sheet = write_sheet(tmp_path / "NExT_QA.csv", rows)
     answers = tmp_path / "answers" / "nextqa.jsonl"
-    argv = run_args(tiny_llava_pad, sheet, videos, answers, "multiple-choice", "576,36,1")
+    # One DataLoader worker: the video samples are sent to it and the grids made there.
+    argv = run_args(tiny_llava_pad, sheet, videos, answers, "multiple-choice", "576,36,1", "--num-workers", "1")
     paths = model_video_qa.main(argv)
 
     # Four grids (vid_a, vid_b, vid_c, vid_a 1-5 s), each through the tower once (one crop) for all three budgets.
