@@ -25,7 +25,8 @@ are stacked top to bottom, frames left to right in time order. Six frames of W×
 
 Cost is bounded: only the frames needed are decoded (a seek to the keyframe before each one when it
 lies far ahead), and `VideoLimits` caps the frames asked for, the pixels per frame, the video's
-duration and the frames decoded in all. Errors are `VideoError` (a `ValueError`; limits raise its
+duration and the frames decoded in all; only video container formats are opened (`VIDEO_FORMATS`).
+Errors are `VideoError` (a `ValueError`; limits raise its
 subclass `VideoLimitError`), each naming the file and the value at fault.
 """
 
@@ -52,6 +53,12 @@ _SEEK_AHEAD_FRAMES = 100
 _INDEX_EPS = 1e-6
 """Float slack when a time in seconds becomes a frame index (3.0 must not become 2.999…)."""
 _WHITE = (255, 255, 255)
+
+VIDEO_FORMATS = "mov,matroska,avi,gif,mpegts,mpeg,flv,ogg,asf"
+"""The FFmpeg demuxers a video may be read with (MP4/MOV, MKV/WebM, AVI, GIF, MPEG-TS/PS, FLV, Ogg, WMV).
+
+Only these: FFmpeg's playlist and list demuxers (HLS, concat, ...) open the files or URLs named inside
+the data, which would let an uploaded "video" make a server read its own disk."""
 
 VideoSource = str | os.PathLike | BinaryIO
 """A path, or an open binary file (e.g. the bytes of an uploaded video in a `BytesIO`)."""
@@ -137,7 +144,10 @@ def sample_frames(
     if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
         raise VideoError(f"video file not found: {name}")
     try:
-        container = av.open(os.fspath(source) if isinstance(source, os.PathLike) else source)
+        container = av.open(
+            os.fspath(source) if isinstance(source, os.PathLike) else source,
+            options={"format_whitelist": VIDEO_FORMATS},
+        )
     except (av.error.FFmpegError, OSError, ValueError) as e:
         raise VideoError(f"{name}: not a readable video ({e})") from None
     with container:

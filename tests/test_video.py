@@ -181,16 +181,34 @@ def test_unreadable_file(tmp_path: Path, content: bytes) -> None:
         sample_frames(path)
 
 
+def test_playlists_are_not_followed(tmp_path: Path, clip: Path) -> None:
+    # An HLS playlist is a "video" FFmpeg would assemble from the files it names: refused, in a file or in memory.
+    playlist = f"#EXTM3U\n#EXT-X-TARGETDURATION:12\n#EXTINF:12.0,\n{clip}\n#EXT-X-ENDLIST\n"
+    (tmp_path / "list.m3u8").write_text(playlist)
+    with pytest.raises(VideoError, match=r"list\.m3u8: not a readable video"):
+        sample_frames(tmp_path / "list.m3u8")
+    with pytest.raises(VideoError, match="<video data>: not a readable video"):
+        sample_frames(io.BytesIO(playlist.encode()))
+
+
 def test_a_file_without_video(tmp_path: Path) -> None:
-    path = tmp_path / "sound.wav"
+    path = tmp_path / "sound.mkv"
     with av.open(str(path), "w") as container:
         stream = container.add_stream("pcm_s16le", rate=8000)
         frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), dtype=np.int16), format="s16", layout="mono")
         frame.sample_rate = 8000
         container.mux(stream.encode(frame))
         container.mux(stream.encode())
-    with pytest.raises(VideoError, match="no video stream"):
+    with pytest.raises(VideoError, match=r"sound\.mkv: has no video stream"):
         sample_frames(path)
+    # A container that is not a video format at all is not opened.
+    wav = tmp_path / "sound.wav"
+    with av.open(str(wav), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with pytest.raises(VideoError, match=r"sound\.wav: not a readable video"):
+        sample_frames(wav)
 
 
 def test_a_video_with_no_frames(tmp_path: Path) -> None:
