@@ -26,8 +26,8 @@ are stacked top to bottom, frames left to right in time order. Six frames of W×
 Cost is bounded: only the frames needed are decoded (a seek to the keyframe before each one when it
 lies far ahead), and `VideoLimits` caps the frames asked for, the pixels per frame, the video's
 duration and the frames decoded in all; only video container formats are opened (`VIDEO_FORMATS`).
-Errors are `VideoError` (a `ValueError`; limits raise its
-subclass `VideoLimitError`), each naming the file and the value at fault.
+Errors are `VideoError` (a `ValueError`; limits raise its subclass `VideoLimitError`), each naming the
+file and the value at fault.
 """
 
 from __future__ import annotations
