@@ -118,8 +118,9 @@ class VideoSample(Sample):
 
 
 def find_video(path_format: str, video_name: str) -> str:
-    """IG-VLM's video path: `path_format % video_name`, or the first existing variant (no `/v_`, other extensions)."""
-    path = path_format % video_name
+    """IG-VLM's video path: `path_format` with `video_name` for its `%s`, or the first existing variant (no `/v_`,
+    other extensions)."""
+    path = path_format.replace("%s", video_name)
     if os.path.exists(path):
         return path
     if os.path.exists(path.replace("/v_", "/")):
