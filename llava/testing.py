@@ -254,17 +254,18 @@ def write_test_video(
 ) -> Path:
     """Write `num_frames` frames of `video_frame` as a video (the container from the suffix: .mp4, .avi, .webm, ...).
 
-    A short keyframe interval makes readers seek between keyframes; libx264 also reorders frames
-    (B-frames), so the decoding order differs from the presentation order, as in real videos.
+    Keyframes come every `keyframe_interval` frames exactly, so a test knows where a reader can seek;
+    libx264 also reorders frames (B-frames), so the decoding order differs from the presentation order,
+    as in real videos.
     """
     path = Path(path)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
-        stream.options = (
-            {"g": str(keyframe_interval), "crf": "12"} if codec == "libx264" else {"g": str(keyframe_interval)}
-        )
+        stream.options = {"g": str(keyframe_interval)}
+        if codec == "libx264":  # no extra keyframes where the square wraps around (x264 would see a scene cut)
+            stream.options = {**stream.options, "crf": "12", "x264-params": "scenecut=0"}
         for index in range(num_frames):
             frame = av.VideoFrame.from_image(video_frame(index, size, background))
             container.mux(stream.encode(frame))

@@ -317,8 +317,9 @@ class _Decoder:
 
     def _seek_near(self, index: int) -> av.VideoFrame | None:
         """Seek to the keyframe before position `index` and decode its first frame."""
-        # Aim half a frame early, so rounding cannot put the keyframe search past the frame.
-        seconds = (Fraction(index) - Fraction(1, 2)) / self.fps
+        # A frame at position `index` lies within half a frame of index/fps, the next one at least half a frame
+        # after it: aiming a quarter frame late finds a keyframe at `index` itself, and never one after it.
+        seconds = (Fraction(index) + Fraction(1, 4)) / self.fps
         self._seek(self.first_pts + int(seconds / self.stream.time_base))
         frame = self._next()
         if frame is not None and self.position > index:  # the seek overshot: walk from the start instead

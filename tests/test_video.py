@@ -86,6 +86,13 @@ def test_a_long_clip_decodes_only_near_the_frames_it_needs(tmp_path: Path) -> No
     assert indices(sample_frames(dense, 6)) == [0, 166, 332, 498, 664, 830]
 
 
+def test_a_frame_on_a_keyframe_is_decoded_alone(tmp_path: Path) -> None:
+    # 1200 frames (48.00 s: counted 1201), a keyframe every 200: the six frames are keyframes, each sought directly.
+    path = write_test_video(tmp_path / "keys.mp4", 1200, keyframe_interval=200)
+    six = VideoLimits(max_decoded_frames=6)
+    assert indices(sample_frames(path, 6, limits=six)) == [0, 200, 400, 600, 800, 1000]
+
+
 @pytest.mark.parametrize(
     ("ts", "expected"),
     [
