@@ -23,8 +23,8 @@ Grid layout (`frames_to_grid`): `round(√n)` frames per row; every frame is res
 smallest width and the smallest height among them; the last row is filled with white frames; rows
 are stacked top to bottom, frames left to right in time order. Six frames of W×H make a 2W×3H grid.
 
-Cost is bounded: only the frames needed are decoded (a seek to the keyframe before each one when it
-lies far ahead), and `VideoLimits` caps the frames asked for, the pixels per frame, the video's
+Cost is bounded: only the frames needed are decoded (a seek to the keyframe at or before each one when
+it lies far ahead), and `VideoLimits` caps the frames asked for, the pixels per frame, the video's
 duration and the frames decoded in all; only video container formats are opened (`VIDEO_FORMATS`).
 Errors are `VideoError` (a `ValueError`; limits raise its subclass `VideoLimitError`), each naming the
 file and the value at fault.
