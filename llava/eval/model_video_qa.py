@@ -33,16 +33,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from llava.eval.harness import (
-    HarnessError,
-    Query,
-    Sample,
-    build_parser,
-    get_chunk,
-    parse_args,
-    run,
-    run_cli,
-)
+from llava.eval.harness import HarnessError, Query, Sample, build_parser, get_chunk, parse_args, run
+from llava.eval.scoring.common import run_cli
 from llava.eval.scoring.video_common import VideoQuestion, read_questions
 from llava.video import DEFAULT_NUM_FRAMES, VideoError, video_to_grid
 

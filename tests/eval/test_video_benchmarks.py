@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from generation_helpers import WorkCounter, count_work, read_jsonl
@@ -16,6 +17,7 @@ from llava.eval.model_video_qa import build_prompt, find_video, read_samples
 from llava.eval.scoring import video_choice, video_open_ended
 from llava.eval.scoring.common import ScoringError
 from llava.eval.scoring.video_common import VideoQuestion, read_questions
+from llava.generation import Generator, PromptBatch
 from llava.testing import read_frame_index, write_test_video
 
 
@@ -95,17 +97,32 @@ def test_questions_about_one_video_and_window_share_a_sample(tmp_path: Path, vid
     assert [read_frame_index(cell) for cell in cells] == [50, 66, 82, 98, 114, 130]  # frames 50..150: 101, interval 16
 
 
-def test_raw_prompts_reach_the_model_as_written(tmp_path: Path, videos: Path, tiny_llava_pad: Path) -> None:
+def test_raw_prompts_reach_the_model_as_written(
+    tmp_path: Path, videos: Path, tiny_llava_pad: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sheet = write_sheet(tmp_path / "s.csv", [choice_row("q1", "vid_b", 0)])
-    sample = read_samples(str(sheet), f"{videos}/%s.mp4", "multiple-choice", "7b")[0]
-    loaded = harness.load_model(str(tiny_llava_pad), None, "cpu")
-    dataset = harness.SampleDataset(
-        [sample], loaded.tokenizer, loaded.image_processor, loaded.model.config, "vicuna_v1"
-    )
-    prepared = dataset[0]
-    assert prepared.prompts == [sample.queries[0].text]  # no template around IG-VLM's prompt
-    assert prepared.image_size == (2 * 96, 3 * 64)  # the grid of six 96x64 frames
-    assert int((prepared.input_ids[0] == IMAGE_TOKEN_INDEX).sum()) == 1
+    asked: list[tuple[list[list[int]], list[tuple[int, int]]]] = []
+    load_model = harness.load_model
+
+    def recording_load_model(*args: Any, **kwargs: Any) -> Generator:
+        generator = load_model(*args, **kwargs)
+        answer = generator.answer
+
+        def recording_answer(batch: PromptBatch, *rest: Any, **options: Any) -> list[str]:
+            asked.append(([list(ids) for ids in batch.input_ids], list(batch.image_sizes)))
+            return answer(batch, *rest, **options)
+
+        monkeypatch.setattr(generator, "answer", recording_answer)
+        return generator
+
+    monkeypatch.setattr(harness, "load_model", recording_load_model)
+    model_video_qa.main(run_args(tiny_llava_pad, sheet, videos, tmp_path / "a.jsonl", "multiple-choice", "9"))
+
+    # IG-VLM's prompt, tokenised as it is (no template around it), with the grid of six 96x64 frames.
+    prompt = read_samples(str(sheet), f"{videos}/%s.mp4", "multiple-choice", "7b")[0].queries[0].text
+    expected = load_model(str(tiny_llava_pad), None, "cpu").tokenize(prompt)
+    assert asked == [([expected], [(2 * 96, 3 * 64)])]
+    assert expected.count(IMAGE_TOKEN_INDEX) == 1
 
 
 def test_find_video_tries_igvlm_fallbacks(tmp_path: Path) -> None:

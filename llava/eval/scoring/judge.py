@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from llava.optional import optional_dependency
+
 Judge = Callable[[str], str]
 
 SYSTEM_PROMPT = "You are a helpful and precise assistant for checking the quality of the answer."
@@ -20,10 +22,8 @@ def openai_judge(
 
     `system_prompt` is the judge's instruction (each video criterion has its own).
     """
-    try:
+    with optional_dependency():
         from openai import OpenAI
-    except ImportError as e:
-        raise ImportError("the GPT judge needs the 'openai' package: pip install openai") from e
     client = OpenAI()
 
     def judge(prompt: str) -> str:
