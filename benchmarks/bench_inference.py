@@ -249,15 +249,22 @@ def compare_with_transformers(hf, model, aspect, batch, args) -> dict[str, float
     }
 
 
+def environment(device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """Where a benchmark ran: device and dtype, CPU threads, the CPU's or GPU's name, torch's version."""
+    return {
+        "device": device,
+        "dtype": str(dtype),
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "cuda_device": torch.cuda.get_device_name() if device == "cuda" else None,
+        "torch": torch.__version__,
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "preset": args.preset,
-        "device": args.device,
-        "dtype": str(args.dtype),
-        "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "cuda_device": torch.cuda.get_device_name() if args.device == "cuda" else None,
-        "torch": torch.__version__,
+        **environment(args.device, args.dtype),
         "rows": [],
         "comparisons": [],
     }

@@ -3,18 +3,24 @@
 Everything is built offline in well under a second: a CLIP vision tower whose patch grid is 24×24
 (as CLIP ViT-L/14 at 336 px, but 48 px images with 2 px patches), a byte-level BPE tokenizer and a
 small Llama. Checkpoints are written with `save_pretrained`, so loading them exercises the same
-code as a released checkpoint.
+code as a released checkpoint. `write_test_video` writes short clips of moving M3-Shapes scenes
+whose frames carry their own index (`read_frame_index`), for the video path.
 """
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerFast
 
+from llava.data.shapes import BACKGROUND_COLORS, Scene, Shape, render, shape_side
 from llava.model import LLAVA_MODEL_CLASSES
 
 TINY_CORPUS = (
@@ -196,3 +202,72 @@ def build_random_llava(
     finally:
         torch.set_default_dtype(default_dtype)
     return model.eval()
+
+
+# -- test videos ---------------------------------------------------------------------------------
+
+FRAME_INDEX_BITS = 12
+"""Frame indices up to 4095 are drawn in."""
+FRAME_INDEX_CELL = 8
+"""Side in pixels of one bit's cell: large enough to survive lossy video coding."""
+
+
+def video_frame(index: int, size: tuple[int, int] = (96, 64), background: str = "navy") -> Image.Image:
+    """Frame `index` of a test clip: an M3-Shapes scene whose red square slides right as the clip goes on,
+    above a row of black (0) and white (1) cells that spell `index` in binary, most significant bit first.
+    """
+    width, height = size
+    if width < FRAME_INDEX_BITS * FRAME_INDEX_CELL or height < 2 * FRAME_INDEX_CELL:
+        raise ValueError(f"a test frame needs at least {FRAME_INDEX_BITS * FRAME_INDEX_CELL}x{2 * FRAME_INDEX_CELL} px")
+    if not 0 <= index < 2**FRAME_INDEX_BITS:
+        raise ValueError(f"frame index {index} does not fit in {FRAME_INDEX_BITS} bits")
+    side = height - FRAME_INDEX_CELL
+    square = shape_side("large", side)
+    x0 = index % (side - square)
+    shape = Shape("square", "red", "large", (x0, 2, x0 + square - 1, 2 + square - 1))
+    frame = Image.new("RGB", size, BACKGROUND_COLORS[background])
+    frame.paste(render(Scene(background, (shape,), side)), (0, 0))
+    draw = ImageDraw.Draw(frame)
+    for bit in range(FRAME_INDEX_BITS):
+        on = index >> (FRAME_INDEX_BITS - 1 - bit) & 1
+        x = bit * FRAME_INDEX_CELL
+        draw.rectangle((x, side, x + FRAME_INDEX_CELL - 1, height - 1), fill=(255, 255, 255) if on else (0, 0, 0))
+    return frame
+
+
+def read_frame_index(frame: Image.Image) -> int:
+    """The index `video_frame` drew into `frame` (read at the cells' centres, so coding noise does not matter)."""
+    pixels = np.asarray(frame.convert("L"))
+    row = frame.height - FRAME_INDEX_CELL // 2
+    bits = [pixels[row, bit * FRAME_INDEX_CELL + FRAME_INDEX_CELL // 2] > 127 for bit in range(FRAME_INDEX_BITS)]
+    return int("".join("1" if b else "0" for b in bits), 2)
+
+
+def write_test_video(
+    path: str | Path,
+    num_frames: int,
+    fps: int | Fraction = 25,
+    size: tuple[int, int] = (96, 64),
+    codec: str = "libx264",
+    keyframe_interval: int = 12,
+    background: str = "navy",
+) -> Path:
+    """Write `num_frames` frames of `video_frame` as a video (the container from the suffix: .mp4, .avi, .webm, ...).
+
+    Keyframes come every `keyframe_interval` frames exactly, so a test knows where a reader can seek;
+    libx264 also reorders frames (B-frames), so the decoding order differs from the presentation order,
+    as in real videos.
+    """
+    path = Path(path)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"g": str(keyframe_interval)}
+        if codec == "libx264":  # no extra keyframes where the square wraps around (x264 would see a scene cut)
+            stream.options = {**stream.options, "crf": "12", "x264-params": "scenecut=0"}
+        for index in range(num_frames):
+            frame = av.VideoFrame.from_image(video_frame(index, size, background))
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path

@@ -69,8 +69,10 @@ class Query:
     """One prompt about a sample's image and the fields its answer line carries.
 
     `text` is the user turn without the image marker (the harness adds it when the sample has an
-    image). `fields` go into the answer line before `text`: at least `prompt`, the question as the
-    scorers read it. `followup`, when set, asks a second time: the prompt plus the first answer
+    image and lays the turn out with the run's template), or, with `raw`, the whole prompt as a
+    benchmark fixes it (IG-VLM's video prompts), only its `<image>` marker formatted for the
+    checkpoint. `fields` go into the answer line before `text`: at least `prompt`, the question as
+    the scorers read it. `followup`, when set, asks a second time: the prompt plus the first answer
     plus `followup` (LLaVA's ScienceQA answer prompter).
     """
 
@@ -79,6 +81,7 @@ class Query:
     fields: dict[str, Any]
     round_idx: int | None = None
     followup: str | None = None
+    raw: bool = False
 
     @property
     def key(self) -> AnswerKey:
@@ -296,7 +299,7 @@ class Answerer:
         encoded = self.generator.encode([batch[i].pixels for i in with_image])
         image_of = {sample: index for index, sample in enumerate(with_image)}
         prompts = {
-            (i, j): self.generator.prompt(q.text, int(i in image_of))
+            (i, j): q.text if q.raw else self.generator.prompt(q.text, int(i in image_of))
             for i, p in enumerate(batch)
             for j, q in enumerate(p.sample.queries)
         }
