@@ -32,6 +32,7 @@ file and the value at fault.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -184,6 +185,18 @@ def frames_to_grid(frames: Sequence[Image.Image]) -> Image.Image:
         row, column = divmod(position, per_row)
         grid.paste(cell, (column * width, row * height))
     return grid
+
+
+def add_num_frames_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--num-frames N` (or `--num_frames`): the frames in a video's grid, IG-VLM's 6 unless given."""
+    parser.add_argument(
+        "--num-frames",
+        "--num_frames",
+        dest="num_frames",
+        type=int,
+        default=DEFAULT_NUM_FRAMES,
+        help=f"frames in a video's grid (IG-VLM: {DEFAULT_NUM_FRAMES}, 2 per row)",
+    )
 
 
 def video_to_grid(
