@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from llava.eval.scoring.common import ScoringError, read_jsonl, run_cli
+from llava.model.matryoshka import parse_scales
 from llava.scale_policy import ScalePolicy, policy_path, write_policy_file
 
 logger = logging.getLogger(__name__)
@@ -306,7 +307,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> PolicyOutcome:
     args = parse_args(argv)
     table = read_results(args.results_dir)
-    ladder = [int(s) for s in args.ladder.split(",")] if args.ladder else table.scales
+    try:
+        ladder = parse_scales(args.ladder) if args.ladder else table.scales
+    except ValueError as e:
+        raise CalibrationError(f"--ladder: {e}") from None
     target = Target(args.max_drop, args.max_tokens)
     best = search(table, target, ladder, args.grid)
     single = [o for o in threshold_curve(table, ladder) if target.met(o, table.accuracy(ladder[-1]))]

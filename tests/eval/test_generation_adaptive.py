@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from generation_helpers import WorkCounter, common_args, count_work, read_jsonl, vqa_questions, write_images
 
-from llava.eval import calibrate_scale, harness, model_vqa_loader, sweep
+from llava.eval import calibrate_scale, harness, model_vqa_loader, model_vqa_science, sweep
 from llava.eval.scoring import textvqa
 from llava.scale_policy import ScalePolicy, read_policy_file, write_policy_file
 
@@ -118,3 +118,25 @@ def test_answers_scored_calibrated_and_swept(tmp_path: Path, checkpoint: Path, c
     rows = (tmp_path / "summary" / "budgets.csv").read_text().splitlines()
     assert rows[0] == "benchmark,budget,score,visual_tokens,visual_tokens_processed,seconds"
     assert [row.split(",")[1] for row in rows[1:]] == ["576", "9", "1", "auto", "oracle"]
+
+
+def test_the_answer_prompter_asks_again_at_the_budget_that_answered(tmp_path: Path, checkpoint: Path) -> None:
+    write_policy_file(checkpoint / "matryoshka_policy.json", ScalePolicy((1, 576), (1.0, 0.0)))
+    write_images(tmp_path / "images" / "1", 1)
+    problems = [
+        {
+            "id": "1",
+            "image": "1/img_0.png",
+            "conversations": [{"from": "human", "value": "<image>\nWhich? (A) a (B) b"}],
+        },
+        {"id": "2", "conversations": [{"from": "human", "value": "Which is a mammal? (A) whale (B) shark"}]},
+    ]
+    (tmp_path / "q.json").write_text(json.dumps(problems))
+    argv = common_args(checkpoint, tmp_path / "q.json", tmp_path / "a.jsonl", "auto,576", "--answer-prompter")
+    paths = model_vqa_science.main(argv + ["--image-folder", str(tmp_path / "images")])
+    auto, fixed = read_jsonl(paths["auto"]), read_jsonl(paths[576])
+    # The problem with an image walks to 576 and is asked again there; the text-only one answers at the first
+    # rung, whose prompt is the same at every budget.
+    assert [line["metadata"]["rungs"] for line in auto] == [[1, 576], [1]]
+    assert [line["text"] for line in auto] == [line["text"] for line in fixed]
+    assert all("\n The answer is " in line["text"] for line in auto)
