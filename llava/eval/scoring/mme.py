@@ -34,7 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llava.eval.scoring.common import ScoringError, print_metrics, read_answers, run_cli, write_outputs
+from llava.eval.scoring.common import (
+    ScoringError,
+    add_output_arguments,
+    mean,
+    print_metrics,
+    read_answers,
+    run_cli,
+    write_outputs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +112,8 @@ def score_subtask(records: Sequence[MMERecord]) -> SubtaskScore:
                 f"MME {records[0].subtask}: image {image!r} has {len(results)} answered questions, expected 2"
             )
     questions = [ok for results in by_image.values() for ok in results]
-    acc = sum(questions) / len(questions)
-    acc_plus = sum(all(results) for results in by_image.values()) / len(by_image)
+    acc = mean(questions)
+    acc_plus = mean([all(results) for results in by_image.values()])
     return SubtaskScore(acc, acc_plus, 100 * acc + 100 * acc_plus, len(by_image), other)
 
 
@@ -234,10 +242,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--gt-dir", help="MME_Benchmark_release_version")
     parser.add_argument("--eval-tool-dir", help="score MME eval_tool result files instead")
     parser.add_argument("--write-eval-tool-dir", help="also write the eval_tool result files here")
-    parser.add_argument("--output", help="write results.json here")
-    parser.add_argument("--per-sample", help="write {question_id: correct} here (for the oracle sweep)")
+    add_output_arguments(parser, "{question_id: correct}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     if args.eval_tool_dir is not None:
         if args.answers or args.gt_dir:

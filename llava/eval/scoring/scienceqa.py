@@ -26,12 +26,11 @@ from typing import Any
 
 from llava.eval.scoring.common import (
     ScoringError,
-    check_known_ids,
-    index_answers,
+    add_output_arguments,
     parse_option_letter,
     percent,
     print_metrics,
-    read_answers,
+    read_answers_by_id,
     read_json,
     run_cli,
     write_outputs,
@@ -100,8 +99,7 @@ def evaluate(
             raise ScoringError(f"{split_file}: problem {pid!r} of split {split!r} is not in {problems_file}")
         if not isinstance(problems[pid].get("answer"), int) or not isinstance(problems[pid].get("choices"), list):
             raise ScoringError(f"{problems_file}: problem {pid!r} needs an int 'answer' and a 'choices' list")
-    answers = index_answers(read_answers(answers_file), answers_file)
-    check_known_ids(answers.values(), set(pids), answers_file, f"split {split!r} of {split_file}")
+    answers = read_answers_by_id(answers_file, set(pids), f"split {split!r} of {split_file}")
 
     predictions: dict[str, str | None] = {}
     unparsed: dict[str, str] = {}
@@ -133,10 +131,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--split-file", required=True, help="pid_splits.json or a JSON list of pids")
     parser.add_argument("--split", default="test")
     parser.add_argument("--answers", required=True)
-    parser.add_argument("--output", help="write results.json here")
-    parser.add_argument("--per-sample", help="write {pid: correct} here (for the oracle sweep)")
+    add_output_arguments(parser, "{pid: correct}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     results, per_sample = evaluate(args.problems, args.split_file, args.answers, args.split)
     print_metrics(

@@ -21,12 +21,11 @@ from typing import Any
 
 from llava.eval.scoring.common import (
     ScoringError,
-    check_known_ids,
-    index_answers,
+    add_output_arguments,
     parse_option_letter,
     percent,
     print_metrics,
-    read_answers,
+    read_answers_by_id,
     read_json,
     run_cli,
     write_outputs,
@@ -54,8 +53,7 @@ def evaluate(
     questions_file: str | Path, answers_file: str | Path, data_type: str = "image"
 ) -> tuple[dict[str, Any], dict[str, bool]]:
     questions, type_names = load_questions(questions_file)
-    answers = index_answers(read_answers(answers_file), answers_file)
-    check_known_ids(answers.values(), {str(q["question_id"]) for q in questions}, answers_file, str(questions_file))
+    answers = read_answers_by_id(answers_file, {str(q["question_id"]) for q in questions}, str(questions_file))
 
     selected = [q for q in questions if data_type == "all" or q.get("data_type", "image") == data_type]
     if not selected:
@@ -90,10 +88,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--questions", required=True, help="SEED-Bench.json")
     parser.add_argument("--answers", required=True)
     parser.add_argument("--data-type", default="image", choices=("image", "video", "all"))
-    parser.add_argument("--output", help="write results.json here")
-    parser.add_argument("--per-sample", help="write {question_id: correct} here (for the oracle sweep)")
+    add_output_arguments(parser, "{question_id: correct}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     results, per_sample = evaluate(args.questions, args.answers, args.data_type)
     print_metrics(f"SEED-Bench ({args.data_type}) {args.answers}", {"accuracy": results["score"]})
