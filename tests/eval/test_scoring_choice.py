@@ -7,7 +7,8 @@ import json
 import pytest
 
 from llava.eval.scoring import gqa, scienceqa, seed
-from llava.eval.scoring.common import ScoringError, parse_option_letter
+from llava.eval.scoring.choice import parse_option_letter, read_letters
+from llava.eval.scoring.common import ScoringError, read_answers_by_id
 
 
 @pytest.mark.parametrize(
@@ -34,6 +35,17 @@ def test_parse_option_letter(text: str, letter: str | None) -> None:
 def test_parse_option_letter_by_option_text() -> None:
     assert parse_option_letter("Cat.", "ABC", ["dog", "cat", "bird"]) == "B"
     assert parse_option_letter("cat", "AB", ["cat", "Cat"]) is None  # ambiguous
+
+
+def test_read_letters_of_the_asked_questions(write_answers, caplog) -> None:
+    answers = read_answers_by_id(write_answers({"q3": "no idea", "q1": "C", "q2": "(B)", "other": "A"}))
+    read = read_letters(
+        answers, ["q1", "q2", "q3", "q4"], "test questions", dict.fromkeys(["q1", "q2", "q3", "q4"], "AB")
+    )
+    assert read.letters == {"q3": None, "q1": None, "q2": "B"}  # C is not one of q1's two options
+    assert list(read.unreadable.items()) == [("q3", "no idea"), ("q1", "C")]  # in answers-file order
+    assert read.missing == 1  # q4; the answer to "other" is not asked for here
+    assert "1 of 4 test questions have no answer; counted wrong" in caplog.text
 
 
 def _problem(subject: str, grade: int, answer: int, hint: str = "", image: str | None = None) -> dict:

@@ -1,5 +1,5 @@
-"""Helpers every scorer shares: reading answers and question files, parsing option letters, the
-output flags, writing results and submission files.
+"""Helpers every scorer shares: reading answers and question files, the output flags, means, writing
+results and submission files, and running a scoring command.
 
 Answers files are LLaVA's JSONL: one object per line with at least `question_id` and `text`
 (the generator also writes `prompt`, `answer_id`, `model_id` and `metadata`). Question ids are
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,38 +129,6 @@ def read_questions(path: str | Path, fields: Sequence[str] = ()) -> dict[str, di
             raise ScoringError(f"{path}:{number}: duplicate question_id {qid!r}")
         questions[qid] = row
     return questions
-
-
-_LEADING_LETTER = re.compile(r"^\(?([A-Z])(?:\)|\.|:|,|\s*$)")
-# Only "answer is" is case-insensitive: a lowercase "a" after it is an article ("the answer is a cat").
-_ANSWER_IS = re.compile(r"(?:(?i:answer is|answer)\s*:?|答案(?:是|为)?\s*[:：]?)\s*\(?([A-Z])\b")
-
-
-def parse_option_letter(text: str, letters: str = "ABCD", options: list[str] | None = None) -> str | None:
-    """Return the option letter a free-form answer picks, or None when it cannot be read.
-
-    Accepted, in order: a bare letter ("B"), a leading letter followed by punctuation ("B.",
-    "(B)", "B: cat", "B) cat"), "The answer is B." / "Answer: B", and, when `options` (the
-    option texts, in letter order) are given, an answer that is exactly one option's text.
-    A letter outside `letters` (say "E" for a four-option question) is not an answer. A leading
-    "A " is not read as a letter: "A dog" is an article, not option A.
-    """
-    cleaned = text.strip()
-    match = _LEADING_LETTER.match(cleaned)
-    letter = match.group(1) if match else None
-    if letter is None:
-        match = _ANSWER_IS.search(cleaned)
-        if match:
-            letter = match.group(1)
-    if letter is None and options is not None:
-        wanted = _plain(cleaned)
-        hits = [letters[i] for i, option in enumerate(options[: len(letters)]) if _plain(option) == wanted]
-        letter = hits[0] if len(hits) == 1 else None
-    return letter if letter is not None and letter in letters else None
-
-
-def _plain(text: str) -> str:
-    return " ".join(text.lower().rstrip(".").split())
 
 
 def percent(numerator: float, denominator: int) -> float:

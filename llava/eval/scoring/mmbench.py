@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llava.eval.scoring.choice import parse_option_letter
 from llava.eval.scoring.common import (
     Answer,
     ScoringError,
     add_output_arguments,
     mean,
-    parse_option_letter,
     percent,
     print_metrics,
     read_answers,

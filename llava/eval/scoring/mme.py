@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,18 @@ def score_all(records: Sequence[MMERecord]) -> dict[str, Any]:
     }
 
 
+def _tab_separated(txt: Path, layout: Sequence[str]) -> Iterator[list[str]]:
+    """The fields of each non-blank line of an MME text file; a line without exactly the fields of
+    `layout` (their names, for the message) is an error naming it."""
+    for number, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(layout):
+            raise ScoringError(f"{txt}:{number}: expected {'<TAB>'.join(layout)}, got {len(fields)} fields: {line!r}")
+        yield fields
+
+
 def _question_key(question: str) -> str:
     return " ".join(question.replace(_LLAVA_SUFFIX, "").split())
 
@@ -153,13 +165,8 @@ def load_ground_truth(gt_dir: str | Path) -> dict[tuple[str, str, str], str]:
         if not folder.is_dir():
             continue
         for txt in sorted(folder.glob("*.txt")):
-            for number, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), start=1):
-                if not line.strip():
-                    continue
-                parts = line.rstrip("\n").split("\t")
-                if len(parts) != 2:
-                    raise ScoringError(f"{txt}:{number}: expected 'question<TAB>answer', got {line!r}")
-                gt[(subtask, txt.stem, _question_key(parts[0]))] = parts[1].strip()
+            for question, answer in _tab_separated(txt, ("question", "answer")):
+                gt[(subtask, txt.stem, _question_key(question))] = answer.strip()
     if not gt:
         raise ScoringError(f"{gt_dir}: no MME question files found under the subtask folders {list(PERCEPTION)}...")
     return gt
@@ -197,13 +204,8 @@ def read_eval_tool_dir(folder: str | Path) -> list[MMERecord]:
     if not files:
         raise ScoringError(f"{folder}: no <subtask>.txt result files")
     for txt in files:
-        for number, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) != 4:
-                raise ScoringError(f"{txt}:{number}: expected 4 tab-separated fields, got {len(parts)}: {line!r}")
-            records.append(MMERecord(txt.stem, *parts))
+        for fields in _tab_separated(txt, ("image", "question", "ground truth", "prediction")):
+            records.append(MMERecord(txt.stem, *fields))
     return records
 
 

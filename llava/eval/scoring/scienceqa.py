@@ -18,16 +18,15 @@ when it has neither (a problem can be both TXT and IMG); G1-6 / G7-12 by grade.
 from __future__ import annotations
 
 import argparse
-import logging
 import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from llava.eval.scoring.choice import read_letters
 from llava.eval.scoring.common import (
     ScoringError,
     add_output_arguments,
-    parse_option_letter,
     percent,
     print_metrics,
     read_answers_by_id,
@@ -35,8 +34,6 @@ from llava.eval.scoring.common import (
     run_cli,
     write_outputs,
 )
-
-logger = logging.getLogger(__name__)
 
 _SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
 _GRADE_BANDS = {f"grade{g}": "G1-6" if g <= 6 else "G7-12" for g in range(1, 13)}
@@ -100,18 +97,9 @@ def evaluate(
         if not isinstance(problems[pid].get("answer"), int) or not isinstance(problems[pid].get("choices"), list):
             raise ScoringError(f"{problems_file}: problem {pid!r} needs an int 'answer' and a 'choices' list")
     answers = read_answers_by_id(answers_file, set(pids), f"split {split!r} of {split_file}")
-
-    predictions: dict[str, str | None] = {}
-    unparsed: dict[str, str] = {}
-    for pid, answer in answers.items():
-        letters = string.ascii_uppercase[: len(problems[pid]["choices"])]
-        predictions[pid] = parse_option_letter(answer.text, letters)
-        if predictions[pid] is None:
-            unparsed[pid] = answer.text
-    missing = len(pids) - len(answers)
-    if missing:
-        logger.warning("%d of %d problems of split %r have no answer; counted wrong", missing, len(pids), split)
-    scores = score(predictions, problems, pids)
+    letters = {pid: string.ascii_uppercase[: len(problems[pid]["choices"])] for pid in pids}
+    read = read_letters(answers, pids, f"problems of split {split!r}", letters)
+    scores = score(read.letters, problems, pids)
     results = {
         "benchmark": "scienceqa",
         "metric": "accuracy",
@@ -119,8 +107,8 @@ def evaluate(
         "accuracy_per_category": scores["per_category"],
         "count_per_category": scores["count_per_category"],
         "num_problems": len(pids),
-        "num_missing": missing,
-        "unparsed": unparsed,
+        "num_missing": read.missing,
+        "unparsed": read.unreadable,
     }
     return results, scores["per_sample"]
 

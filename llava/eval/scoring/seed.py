@@ -14,15 +14,14 @@ questions of the data type, so types weigh by their size, as in LLaVA's and SEED
 from __future__ import annotations
 
 import argparse
-import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from llava.eval.scoring.choice import read_letters
 from llava.eval.scoring.common import (
     ScoringError,
     add_output_arguments,
-    parse_option_letter,
     percent,
     print_metrics,
     read_answers_by_id,
@@ -30,8 +29,6 @@ from llava.eval.scoring.common import (
     run_cli,
     write_outputs,
 )
-
-logger = logging.getLogger(__name__)
 
 
 def load_questions(path: str | Path) -> tuple[list[dict[str, Any]], dict[int, str]]:
@@ -58,18 +55,13 @@ def evaluate(
     selected = [q for q in questions if data_type == "all" or q.get("data_type", "image") == data_type]
     if not selected:
         raise ScoringError(f"{questions_file}: no questions with data_type {data_type!r}")
+    read = read_letters(answers, [str(q["question_id"]) for q in selected], f"{data_type} questions")
     per_sample: dict[str, bool] = {}
     per_type: dict[int, list[bool]] = defaultdict(list)
-    missing = unparsed = 0
     for question in selected:
         qid = str(question["question_id"])
-        letter = parse_option_letter(answers[qid].text) if qid in answers else None
-        missing += qid not in answers
-        unparsed += qid in answers and letter is None
-        per_sample[qid] = letter == question["answer"]
+        per_sample[qid] = read.letters.get(qid) == question["answer"]
         per_type[int(question["question_type_id"])].append(per_sample[qid])
-    if missing:
-        logger.warning("%d of %d %s questions have no answer; counted wrong", missing, len(selected), data_type)
     results = {
         "benchmark": "seed",
         "metric": "accuracy",
@@ -77,8 +69,8 @@ def evaluate(
         "score": percent(sum(per_sample.values()), len(per_sample)),
         "accuracy_per_type": {type_names[t]: percent(sum(per_type[t]), len(per_type[t])) for t in sorted(per_type)},
         "num_questions": len(selected),
-        "num_missing": missing,
-        "num_unparsed": unparsed,
+        "num_missing": read.missing,
+        "num_unparsed": len(read.unreadable),
     }
     return results, per_sample
 
