@@ -55,6 +55,7 @@ from llava.eval.run_llava import default_device
 from llava.eval.scoring.common import ScoringError
 from llava.mm_utils import get_model_name_from_path, load_image, load_image_from_base64, process_images
 from llava.model.builder import load_pretrained_model
+from llava.model.cpu_packing import prepare_for_inference
 from llava.model.llava_arch import EncodedImages
 from llava.model.matryoshka import parse_scales, validate_scale
 
@@ -275,6 +276,7 @@ def load_model(model_path: str, model_base: str | None, device: str, dtype: str 
     name = get_model_name_from_path(model_path)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     tokenizer, model, image_processor, _ = load_pretrained_model(model_path, model_base, name, device=device, **kwargs)
+    prepare_for_inference(model)
     return LoadedModel(tokenizer, model, image_processor, name)
 
 

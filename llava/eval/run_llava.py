@@ -24,6 +24,7 @@ from llava.mm_utils import (
     tokenizer_image_token,
 )
 from llava.model.builder import load_pretrained_model
+from llava.model.cpu_packing import prepare_for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def eval_model(args: Any) -> str:
     tokenizer, model, image_processor, _ = load_pretrained_model(
         run.model_path, run.model_base, model_name, load_8bit=run.load_8bit, load_4bit=run.load_4bit, device=device
     )
+    prepare_for_inference(model)
     image_files = [f for f in run.image_file.split(run.sep)] if run.image_file else []
     images = [load_image(f) for f in image_files]
     query = format_image_query(run.query, len(images), model.config.mm_use_im_start_end) if images else run.query

@@ -29,6 +29,7 @@ from llava.conversation import conv_templates
 from llava.data import shapes
 from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
+from llava.model.cpu_packing import prepare_for_inference
 from llava.model.matryoshka import TRAINED_SCALES
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def evaluate(
     tokenizer, model, image_processor, _ = load_pretrained_model(
         str(model_path), None, get_model_name_from_path(str(model_path)), device=device
     )
+    prepare_for_inference(model)
     records = shapes.generate_split(data_dir, "test", num_images, seed, model.get_vision_tower().image_size)
     predictions = answer_all(records, data_dir, tokenizer, model, image_processor, scales, batch_size)
     return {scale: shapes.score(records, predictions[scale]) for scale in scales}
