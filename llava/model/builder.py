@@ -148,18 +148,22 @@ def check_device(device: str | int | torch.device) -> None:
     Asking for a device that is absent (the default "cuda" on a machine without CUDA, "mps" off a Mac)
     is an error, never a silent fall-back to the CPU.
     """
-    try:
-        wanted = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(
-            f"device={device!r} is not a device name; the devices here are {', '.join(available_devices())}"
-        ) from None
-    if wanted.type in ("cpu", "meta"):
-        return
     accelerator = torch.accelerator.current_accelerator(check_available=True)
-    present = accelerator is not None and wanted.type == accelerator.type
-    if present and (wanted.index is None or wanted.index < torch.accelerator.device_count()):
-        return
+    if isinstance(device, int):  # a device-map index: the accelerator of that number
+        if accelerator is not None and 0 <= device < torch.accelerator.device_count():
+            return
+    else:
+        try:
+            wanted = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"device={device!r} is not a device name; the devices here are {', '.join(available_devices())}"
+            ) from None
+        if wanted.type in ("cpu", "meta"):
+            return
+        present = accelerator is not None and wanted.type == accelerator.type
+        if present and (wanted.index is None or wanted.index < torch.accelerator.device_count()):
+            return
     raise ValueError(
         f"device={device!r} is not available on this machine; the devices here are "
         f"{', '.join(available_devices())} (pass one of them, e.g. device='cpu')"

@@ -95,6 +95,8 @@ def test_cuda_on_a_machine_without_it_is_an_error_naming_the_devices_here(tiny_l
             load_pretrained_model(str(tiny_llava_pad), None, "tiny", device=device)
     with pytest.raises(ValueError, match="device='cuda:0' is not available"):
         load_pretrained_model(str(tiny_llava_pad), None, "tiny", device="cpu", device_map={"": "cuda:0"})
+    with pytest.raises(ValueError, match="device=0 is not available"):
+        load_pretrained_model(str(tiny_llava_pad), None, "tiny", device="cpu", device_map={"lm_head": 0, "": "cpu"})
 
 
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="checks a machine without MPS")
