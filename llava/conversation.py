@@ -450,6 +450,18 @@ conv_templates: dict[str, Conversation] = {
 }
 
 
+def template_stop(conv: Conversation) -> str | None:
+    """The text that ends the assistant's turn in this template (None: only the end-of-sequence token).
+
+    It is what training puts after every answer (`llava.train.preprocess` labels it), so a model trained
+    on the template writes it when its answer is done: the second separator where turns alternate two
+    separators (`TWO`: "</s>"; `LLAMA_2`: "</s>", the first separator "<s>" opens the next user turn),
+    the one separator otherwise ("###", "<|im_end|>", and "\\n" after a caption for `PLAIN`).
+    """
+    stop = conv.sep2 if conv.sep_style in (SeparatorStyle.TWO, SeparatorStyle.LLAMA_2) else conv.sep
+    return stop or None
+
+
 def get_conv_template(name: str) -> Conversation:
     """A fresh, appendable copy of the template registered as `name`."""
     if name not in conv_templates:

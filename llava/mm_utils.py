@@ -18,15 +18,8 @@ from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from transformers import StoppingCriteria
 
-from llava.constants import (
-    DEFAULT_IM_END_TOKEN,
-    DEFAULT_IM_START_TOKEN,
-    DEFAULT_IMAGE_TOKEN,
-    IMAGE_PLACEHOLDER,
-    IMAGE_TOKEN_INDEX,
-)
+from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from llava.model.anyres import parse_grid_pinpoints, select_best_resolution
 
 logger = logging.getLogger(__name__)
@@ -181,6 +174,8 @@ def tokenizer_image_token(
 
     Each text chunk is tokenised on its own; a BOS the tokenizer puts at the start of every chunk is
     kept once, at the very start, exactly as the original LLaVA does (the checkpoints were trained so).
+    A chunk therefore starts as a text of its own: with a sentencepiece Llama tokenizer " text" after an
+    image gets the dummy prefix ("▁▁text"), which `load_tokenizer` makes transformers 5 reproduce.
     """
     prompt_chunks = [tokenizer(chunk).input_ids for chunk in prompt.split(DEFAULT_IMAGE_TOKEN)]
 
@@ -210,62 +205,3 @@ def get_model_name_from_path(model_path: str) -> str:
     if parts[-1].startswith("checkpoint-") and len(parts) > 1:
         return parts[-2] + "_" + parts[-1]
     return parts[-1]
-
-
-class KeywordsStoppingCriteria(StoppingCriteria):
-    """Stop a row of generation once it has produced one of `keywords` (e.g. the template's separator).
-
-    A row stops when its last new tokens equal a keyword's token ids, or when the decoded text of its
-    last new tokens contains a keyword. Returns a bool tensor of shape (batch,), as transformers expects.
-    """
-
-    def __init__(self, keywords: Sequence[str], tokenizer: Any, input_ids: torch.Tensor) -> None:
-        self.keywords = list(keywords)
-        self.tokenizer = tokenizer
-        self.keyword_ids = [torch.tensor(self._ids(keyword), dtype=torch.long) for keyword in self.keywords]
-        self.max_keyword_len = max((len(ids) for ids in self.keyword_ids), default=0)
-        self.start_len = input_ids.shape[1]
-        # Generation from `inputs_embeds` (how LLaVA generates) hands the criteria only the new tokens,
-        # generation from `input_ids` hands prompt + new tokens. The first call tells which.
-        self._prompt_len: int | None = None
-
-    def _ids(self, keyword: str) -> list[int]:
-        ids = self.tokenizer(keyword, add_special_tokens=False).input_ids
-        if len(ids) > 1 and ids[0] == self.tokenizer.bos_token_id:
-            ids = ids[1:]
-        return ids
-
-    def _row_done(self, new_ids: torch.Tensor) -> bool:
-        for keyword_ids in self.keyword_ids:
-            n = keyword_ids.shape[0]
-            if 0 < n <= new_ids.shape[0] and torch.equal(new_ids[-n:], keyword_ids.to(new_ids.device)):
-                return True
-        window = new_ids[-self.max_keyword_len :] if self.max_keyword_len else new_ids[:0]
-        text = self.tokenizer.decode(window, skip_special_tokens=True)
-        return any(keyword in text for keyword in self.keywords)
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor | None = None, **kwargs: Any) -> torch.BoolTensor:
-        if self._prompt_len is None:
-            self._prompt_len = self.start_len if input_ids.shape[1] > self.start_len else 0
-        new_ids = input_ids[:, self._prompt_len :]
-        done = [self._row_done(row) for row in new_ids]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-def format_image_query(query: str, num_images: int, mm_use_im_start_end: bool = False) -> str:
-    """Put the image markers into a user query, as LLaVA's run_llava does.
-
-    Each `<image-placeholder>` in the query becomes an image marker; without any, one marker per
-    image is put before the query, each on its own line. With `mm_use_im_start_end` the marker
-    is wrapped in `<im_start>`/`<im_end>`.
-    """
-    marker = (
-        DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
-        if mm_use_im_start_end
-        else DEFAULT_IMAGE_TOKEN
-    )
-    if IMAGE_PLACEHOLDER in query:
-        return query.replace(IMAGE_PLACEHOLDER, marker)
-    if DEFAULT_IMAGE_TOKEN in query:
-        return query.replace(DEFAULT_IMAGE_TOKEN, marker)
-    return (marker + "\n") * num_images + query

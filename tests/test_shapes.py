@@ -1,6 +1,9 @@
 """M3-Shapes: determinism, LLaVA record format, and answers re-derived from scene metadata and pixels."""
 
+import hashlib
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +14,7 @@ from PIL import Image
 from llava.data import shapes
 
 NUM_IMAGES = 150
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +226,59 @@ def test_cli_uses_different_default_seeds_per_split(tmp_path: Path, capsys: pyte
         ["--out", str(tmp_path / "s"), "--split", "train", "--num-images", "2", "--seed", "5", "--image-size", "64"]
     )
     assert json.loads((tmp_path / "s" / "train_meta.json").read_text())["seed"] == 5
+
+
+def test_package_runs_as_a_command(tmp_path: Path) -> None:
+    """`python -m llava.data.shapes` is what train_tiny.sh and the docs call: the package's __main__ runs the CLI."""
+    command = [
+        sys.executable,
+        "-m",
+        "llava.data.shapes",
+        "--out",
+        str(tmp_path),
+        "--split",
+        "test",
+        "--num-images",
+        "3",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
+    assert result.returncode == 0, result.stderr
+    records = json.loads((tmp_path / "test.json").read_text())
+    assert result.stdout == f"wrote {len(records)} questions on 3 images to {tmp_path / 'test.json'}\n"
+    assert json.loads((tmp_path / "test_meta.json").read_text())["seed"] == shapes.DEFAULT_SEEDS["test"]
+    bad = subprocess.run(
+        [*command[:3], "--out", str(tmp_path), "--split", "val"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    assert bad.returncode == 2 and "invalid choice: 'val'" in bad.stderr
+
+
+# sha256 of the first 30 held-out images (default test seed) as shapes-v1 writes them: the JSON files'
+# bytes and the decoded RGB pixels (not the PNG bytes, which depend on the zlib build). The shipped
+# checkpoints were trained and measured on this data, so a change here needs a new DATA_VERSION.
+GOLDEN_NUM_IMAGES = 30
+GOLDEN_TEST_SPLIT = {
+    "test.json": "790ea928ea180139217ce2fac562868010c70ea8ff0ec770c393433b640f3c8b",
+    "test_scenes.json": "7391caf305a0cba948b20c7a4e17cf4a46aabb8fb9c2b9c853721ab3a2b8bee6",
+    "test_meta.json": "c5c0b6377a0f66aca6ed3756f154cf800ee825c274c2e68faf10c267cec6748f",
+    "pixels": "f2c4e569344622f034d90f267e791080a386c3a48ee350ce4cc698774121344e",
+}
+
+
+def test_default_test_seed_gives_the_recorded_data(tmp_path: Path) -> None:
+    shapes.generate_split(tmp_path, "test", GOLDEN_NUM_IMAGES, seed=shapes.DEFAULT_SEEDS["test"])
+    found = {
+        name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in GOLDEN_TEST_SPLIT if "." in name
+    }
+    pixels = hashlib.sha256()
+    for i in range(GOLDEN_NUM_IMAGES):
+        pixels.update(_pixels(tmp_path, f"images/test_{i}.png").tobytes())
+    found["pixels"] = pixels.hexdigest()
+    assert found == GOLDEN_TEST_SPLIT, f"{shapes.DATA_VERSION} output for a fixed seed changed"
 
 
 def test_vocabulary_covers_questions_and_answers() -> None:

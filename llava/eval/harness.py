@@ -31,10 +31,9 @@ import argparse
 import json
 import logging
 import os
-import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -43,21 +42,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from llava.conversation import select_conv_mode
-from llava.eval.generation import (
-    GenerationSettings,
-    build_prompt,
-    generate_answers,
-    stop_string,
-    tokenize_prompt,
-)
-from llava.eval.run_llava import default_device
-from llava.eval.scoring.common import ScoringError
+from llava.eval.scoring.common import ScoringError, read_jsonl
+from llava.generation import Generator, PromptBatch, SamplingParams, add_scale_argument, default_device
 from llava.mm_utils import get_model_name_from_path, load_image, load_image_from_base64, process_images
 from llava.model.builder import load_pretrained_model
 from llava.model.cpu_packing import prepare_for_inference
 from llava.model.llava_arch import EncodedImages
-from llava.model.matryoshka import parse_scales, validate_scale
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +61,8 @@ The prompt is part of it because some LLaVA question files reuse an id for sever
 ANSWER_PROMPTER_MAX_NEW_TOKENS = 64
 
 
-class HarnessError(ValueError):
-    """Bad input to an evaluation run; the message names the file and line."""
+class HarnessError(ScoringError):
+    """Bad input to an answer-generation run; the message names the file and line."""
 
 
 @dataclass(frozen=True)
@@ -147,29 +137,14 @@ def read_answered(path: Path, scale: int) -> set[AnswerKey]:
     """Keys already answered in `path`; a final line cut off mid-write is removed from the file."""
     if not path.exists():
         return set()
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    if lines and lines[-1].strip():  # no newline at the end: the run stopped while writing it
-        try:
-            json.loads(lines[-1])
-        except json.JSONDecodeError:
-            logger.warning("%s: dropping the incomplete last line (the previous run stopped while writing it)", path)
-            path.write_bytes(data[: len(data) - len(lines[-1])])
-            lines = lines[:-1]
-        else:  # complete but unterminated: end it, so the next answer starts a line of its own
-            with open(path, "ab") as f:
-                f.write(b"\n")
+    _mend_last_line(path)
+    try:
+        rows = read_jsonl(path, HarnessError)
+    except HarnessError as e:
+        raise HarnessError(f"{e}; fix it, delete the file or pass --overwrite") from None
     done: set[AnswerKey] = set()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise HarnessError(
-                f"{path}:{number}: invalid JSON ({e.msg}); fix it, delete the file or pass --overwrite"
-            ) from None
-        if not isinstance(record, dict) or "question_id" not in record:
+    for number, record in rows:
+        if "question_id" not in record:
             raise HarnessError(f"{path}:{number}: not an answer line (no question_id); delete it or pass --overwrite")
         written_at = (record.get("metadata") or {}).get("matryoshka_vis_token_scale")
         if written_at is not None and written_at != scale:
@@ -181,9 +156,26 @@ def read_answered(path: Path, scale: int) -> set[AnswerKey]:
     return done
 
 
+def _mend_last_line(path: Path) -> None:
+    """A last line without its newline was being written when the run stopped: drop it if it is cut off,
+    else end it, so the next answer starts a line of its own."""
+    data = path.read_bytes()
+    last = data.split(b"\n")[-1]
+    if not last.strip():
+        return
+    try:
+        json.loads(last)
+    except json.JSONDecodeError:
+        logger.warning("%s: dropping the incomplete last line (the previous run stopped while writing it)", path)
+        path.write_bytes(data[: len(data) - len(last)])
+    else:
+        with open(path, "ab") as f:
+            f.write(b"\n")
+
+
 def reorder_answers(path: Path, order: Sequence[AnswerKey]) -> None:
     """Rewrite `path` with its lines in `order` (lines for other keys keep their place at the end)."""
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [record for _, record in read_jsonl(path, HarnessError)]
     rank = {key: i for i, key in enumerate(order)}
     keyed = sorted(enumerate(records), key=lambda item: (rank.get(answer_key(item[1]), len(rank)), item[0]))
     if [i for i, _ in keyed] == list(range(len(records))):
@@ -208,27 +200,21 @@ def check_unique(samples: Sequence[Sample]) -> None:
 
 @dataclass
 class PreparedSample:
-    """A sample with its pixels and its prompts' token ids, as the DataLoader yields it."""
+    """A sample with its image's pixels, as the DataLoader yields it."""
 
     sample: Sample
     pixels: torch.Tensor | None
     """(3, H, W), or (1 + crops, 3, H, W) for anyres."""
     image_size: tuple[int, int] | None
-    prompts: list[str]
-    input_ids: list[torch.Tensor]
 
 
 class SampleDataset(Dataset):
-    """Loads and preprocesses each sample's image and tokenises its prompts (in loader workers)."""
+    """Loads and preprocesses each sample's image (in loader workers: it holds no model)."""
 
-    def __init__(
-        self, samples: Sequence[Sample], tokenizer: Any, image_processor: Any, model_config: Any, conv_mode: str
-    ):
+    def __init__(self, samples: Sequence[Sample], image_processor: Any, model_config: Any):
         self.samples = samples
-        self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.model_config = model_config
-        self.conv_mode = conv_mode
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -236,19 +222,9 @@ class SampleDataset(Dataset):
     def __getitem__(self, index: int) -> PreparedSample:
         sample = self.samples[index]
         image = sample.load_image()
-        pixels = None
-        if image is not None:
-            pixels = process_images([image], self.image_processor, self.model_config)[0]
-        num_images = int(image is not None)
-        use_start_end = bool(self.model_config.mm_use_im_start_end)
-        prompts = [build_prompt(self.conv_mode, q.text, num_images, use_start_end) for q in sample.queries]
-        return PreparedSample(
-            sample,
-            pixels,
-            image.size if image is not None else None,
-            prompts,
-            [tokenize_prompt(p, self.tokenizer) for p in prompts],
-        )
+        if image is None:
+            return PreparedSample(sample, None, None)
+        return PreparedSample(sample, process_images([image], self.image_processor, self.model_config)[0], image.size)
 
 
 def _keep_list(batch: list[PreparedSample]) -> list[PreparedSample]:
@@ -263,21 +239,16 @@ def _batched(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
 # -- the run -------------------------------------------------------------------------------------
 
 
-@dataclass
-class LoadedModel:
-    tokenizer: Any
-    model: Any
-    image_processor: Any
-    name: str
-
-
-def load_model(model_path: str, model_base: str | None, device: str, dtype: str | None = None) -> LoadedModel:
-    """The checkpoint through `load_pretrained_model`; `dtype` None keeps its default (fp16 on GPUs, fp32 on CPU)."""
+def load_model(
+    model_path: str, model_base: str | None, device: str, dtype: str | None = None, conv_mode: str | None = None
+) -> Generator:
+    """The checkpoint through `load_pretrained_model`; `dtype` None keeps its default (fp16 on GPUs, fp32 on CPU),
+    `conv_mode` None the checkpoint's template."""
     name = get_model_name_from_path(model_path)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     tokenizer, model, image_processor, _ = load_pretrained_model(model_path, model_base, name, device=device, **kwargs)
     prepare_for_inference(model)
-    return LoadedModel(tokenizer, model, image_processor, name)
+    return Generator(tokenizer, model, image_processor, name, conv_mode)
 
 
 class AnswerWriter:
@@ -312,22 +283,10 @@ class AnswerWriter:
 class Answerer:
     """Answers batches of prepared samples at every scale from one encoding of their images."""
 
-    def __init__(self, loaded: LoadedModel, conv_mode: str, settings: GenerationSettings, batch_size: int):
-        self.loaded = loaded
-        self.settings = settings
+    def __init__(self, generator: Generator, params: SamplingParams, batch_size: int):
+        self.generator = generator
+        self.params = params
         self.batch_size = batch_size
-        self.stop = stop_string(conv_mode)
-
-    def encode(self, batch: Sequence[PreparedSample]) -> tuple[EncodedImages | None, dict[int, int]]:
-        """One tower pass over the batch's images; maps sample position → encoded image index."""
-        model = self.loaded.model
-        with_image = [i for i, p in enumerate(batch) if p.pixels is not None]
-        if not with_image:
-            return None, {}
-        pixels = [batch[i].pixels.to(model.device, model.dtype) for i in with_image]
-        with torch.no_grad():
-            encoded = model.encode_images(pixels)
-        return encoded, {sample: index for index, sample in enumerate(with_image)}
 
     def answer(
         self,
@@ -335,11 +294,20 @@ class Answerer:
         pending: dict[int, set[AnswerKey]],
         write: Callable[[int, Query, str], None],
     ) -> None:
-        encoded, image_of = self.encode(batch)
+        with_image = [i for i, p in enumerate(batch) if p.pixels is not None]
+        encoded = self.generator.encode([batch[i].pixels for i in with_image])
+        image_of = {sample: index for index, sample in enumerate(with_image)}
+        prompts = {
+            (i, j): self.generator.prompt(q.text, int(i in image_of))
+            for i, p in enumerate(batch)
+            for j, q in enumerate(p.sample.queries)
+        }
         for scale, keys in pending.items():
-            todo = [(i, j) for i, p in enumerate(batch) for j, q in enumerate(p.sample.queries) if q.key in keys]
+            todo = [(i, j) for i, j in prompts if batch[i].sample.queries[j].key in keys]
             for chunk in _batched(todo, self.batch_size):
-                texts = self._generate(batch, chunk, encoded, image_of, scale)
+                asked = [prompts[ij] for ij in chunk]
+                texts = self._generate(batch, chunk, asked, encoded, image_of, scale, self.params)
+                self._follow_up(batch, chunk, asked, texts, encoded, image_of, scale)
                 for (i, j), text in zip(chunk, texts):
                     write(scale, batch[i].sample.queries[j], text)
 
@@ -347,49 +315,52 @@ class Answerer:
         self,
         batch: Sequence[PreparedSample],
         chunk: Sequence[tuple[int, int]],
+        prompts: Sequence[str],
         encoded: EncodedImages | None,
         image_of: dict[int, int],
         scale: int,
-        followup_of: Sequence[str] | None = None,
+        params: SamplingParams,
     ) -> list[str]:
         images = [image_of[i] for i, _ in chunk if i in image_of]
         selected = encoded.select(images) if images else None
         sizes = [batch[i].image_size for i, _ in chunk if i in image_of]
-        if followup_of is None:
-            ids = [batch[i].input_ids[j] for i, j in chunk]
-        else:
-            ids = [tokenize_prompt(prompt, self.loaded.tokenizer) for prompt in followup_of]
-        texts = generate_answers(
-            self.loaded.model,
-            self.loaded.tokenizer,
-            ids,
-            selected,
-            sizes,
-            scale,
-            self.settings,
-            self.stop,
-            ANSWER_PROMPTER_MAX_NEW_TOKENS if followup_of is not None else None,
-        )
-        if followup_of is not None:
-            return texts
-        # LLaVA's answer prompter: ask again after the reasoning, "<reasoning>\n The answer is <answer>".
-        second = [(k, (i, j)) for k, (i, j) in enumerate(chunk) if batch[i].sample.queries[j].followup]
-        if second:
-            prompts = [batch[i].prompts[j] + texts[k] + batch[i].sample.queries[j].followup for k, (i, j) in second]
-            answers = self._generate(batch, [ij for _, ij in second], encoded, image_of, scale, prompts)
-            for (k, _), answer in zip(second, answers):
-                texts[k] = f"{texts[k]}\n The answer is {answer}"
-        return texts
+        ids = [self.generator.tokenize(prompt) for prompt in prompts]
+        return self.generator.answer(PromptBatch(ids, selected, sizes), scale, params)
+
+    def _follow_up(
+        self,
+        batch: Sequence[PreparedSample],
+        chunk: Sequence[tuple[int, int]],
+        prompts: Sequence[str],
+        texts: list[str],
+        encoded: EncodedImages | None,
+        image_of: dict[int, int],
+        scale: int,
+    ) -> None:
+        """LLaVA's answer prompter: ask again after the reasoning; `texts[k]` becomes
+        "<reasoning>\n The answer is <answer>"."""
+        second = [k for k, (i, j) in enumerate(chunk) if batch[i].sample.queries[j].followup]
+        if not second:
+            return
+        followups = [batch[chunk[k][0]].sample.queries[chunk[k][1]].followup for k in second]
+        again = [prompts[k] + texts[k] + followup for k, followup in zip(second, followups)]
+        params = replace(self.params, max_new_tokens=ANSWER_PROMPTER_MAX_NEW_TOKENS)
+        answers = self._generate(batch, [chunk[k] for k in second], again, encoded, image_of, scale, params)
+        for k, answer in zip(second, answers):
+            texts[k] = f"{texts[k]}\n The answer is {answer}"
 
 
-def resolve_scales(model: Any, value: str | int | None) -> tuple[list[int], bool]:
-    """The run's scales, validated against the model's grid, and whether several were asked for."""
-    scales = parse_scales(value)
-    if scales is None:
-        return model.resolve_scales(None, 1), False
-    if len(set(scales)) != len(scales):
-        raise HarnessError(f"--matryoshka_vis_token_scale lists a scale twice: {scales}")
-    return [validate_scale(s, model.grid_side) for s in scales], len(scales) > 1
+def run_scales(model: Any, flag: list[int] | None) -> list[int]:
+    """The run's scales from the parsed `--matryoshka_vis_token_scale` (None: the checkpoint's default),
+    each checked by the model's resolver."""
+    if flag is None:
+        return [model.resolve_scale(None)]
+    if len(set(flag)) != len(flag):
+        raise HarnessError(f"--matryoshka_vis_token_scale lists a scale twice: {flag}")
+    try:
+        return [model.resolve_scale(scale) for scale in flag]
+    except (TypeError, ValueError) as e:
+        raise HarnessError(f"--matryoshka_vis_token_scale: {e}") from None
 
 
 def run(args: argparse.Namespace, samples: Sequence[Sample]) -> dict[int, Path]:
@@ -401,9 +372,9 @@ def run(args: argparse.Namespace, samples: Sequence[Sample]) -> dict[int, Path]:
     if missing:
         first = missing[0]
         raise HarnessError(f"{first.source}: image file not found: {first.image_file} ({len(missing)} missing)")
-    loaded = load_model(args.model_path, args.model_base, args.device or default_device())
-    scales, several = resolve_scales(loaded.model, args.matryoshka_vis_token_scale)
-    paths = {s: scale_answers_file(args.answers_file, s, several) for s in scales}
+    generator = load_model(args.model_path, args.model_base, args.device or default_device(), conv_mode=args.conv_mode)
+    scales = run_scales(generator.model, args.matryoshka_vis_token_scale)
+    paths = {s: scale_answers_file(args.answers_file, s, len(scales) > 1) for s in scales}
     if args.overwrite:
         for path in paths.values():
             path.unlink(missing_ok=True)
@@ -412,12 +383,11 @@ def run(args: argparse.Namespace, samples: Sequence[Sample]) -> dict[int, Path]:
     if len(todo) < len(samples):
         logger.info("resuming: %d of %d images already answered at every scale", len(samples) - len(todo), len(samples))
 
-    conv_mode = args.conv_mode or select_conv_mode(loaded.name, loaded.model.config.conv_template)
-    settings = GenerationSettings(args.temperature, args.top_p, args.num_beams, args.max_new_tokens)
-    answerer = Answerer(loaded, conv_mode, settings, args.batch_size)
-    dataset = SampleDataset(todo, loaded.tokenizer, loaded.image_processor, loaded.model.config, conv_mode)
+    params = SamplingParams(args.temperature, args.top_p, args.max_new_tokens, num_beams=args.num_beams)
+    answerer = Answerer(generator, params, args.batch_size)
+    dataset = SampleDataset(todo, generator.image_processor, generator.model.config)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=_keep_list)
-    writer = AnswerWriter(paths, loaded.name)
+    writer = AnswerWriter(paths, generator.model_name)
     progress = tqdm(total=len(todo), desc=f"answering at {len(scales)} scale(s)", unit="image")
     try:
         for batch in loader:
@@ -457,13 +427,11 @@ def build_parser(description: str, max_new_tokens: int, num_workers: int = 0) ->
     add("--batch-size", "--batch_size", dest="batch_size", type=int, default=1, help="prompts per generate call")
     add("--num-workers", "--num_workers", dest="num_workers", type=int, default=num_workers)
     add("--device", default=None, help="cuda, cpu or mps (default: the best available)")
-    add(
-        "--matryoshka_vis_token_scale",
-        "--matryoshka-vis-token-scale",
-        dest="matryoshka_vis_token_scale",
-        default=None,
-        help="visual tokens per image (per crop for anyres): one scale, or a list '1,9,36,144,576' answered in one "
+    add_scale_argument(
+        parser,
+        "visual tokens per image (per crop for anyres): one scale, or a list '1,9,36,144,576' answered in one "
         "pass with one answers file per scale (answers.jsonl -> answers_s36.jsonl); default: the checkpoint's",
+        several=True,
     )
     add("--overwrite", action="store_true", help="start the answers files afresh instead of resuming them")
     return parser
@@ -474,35 +442,6 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     return args
-
-
-def run_cli(main: Callable[[], object]) -> None:
-    """Run an answer-generation command: bad input ends with its one-line message, not a traceback."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        main()
-    except (HarnessError, ScoringError) as e:
-        sys.exit(f"error: {e}")
-
-
-def read_jsonl(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
-    """(source "file:line", object) for each non-blank line of a JSONL question file."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise HarnessError(f"{path}: question file not found") from None
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise HarnessError(f"{path}:{number}: invalid JSON ({e.msg}): {line[:80]!r}") from None
-        if not isinstance(record, dict):
-            raise HarnessError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        rows.append((f"{path}:{number}", record))
-    return rows
 
 
 def require(record: dict[str, Any], keys: Sequence[str], source: str) -> None:

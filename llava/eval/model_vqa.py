@@ -16,13 +16,15 @@ import argparse
 import os
 from pathlib import Path
 
-from llava.eval.harness import Query, Sample, build_parser, parse_args, read_jsonl, require, run, run_cli
+from llava.eval.harness import HarnessError, Query, Sample, build_parser, parse_args, require, run
+from llava.eval.scoring.common import read_jsonl, run_cli
 
 
 def read_samples(question_file: str, image_folder: str) -> list[Sample]:
     """One sample per question line: its image and its one query."""
     samples = []
-    for source, q in read_jsonl(question_file):
+    for number, q in read_jsonl(question_file, HarnessError):
+        source = f"{question_file}:{number}"
         require(q, ("question_id", "text"), source)
         image = os.path.join(image_folder, q["image"]) if q.get("image") else None
         query = Query(q["question_id"], q["text"], {"prompt": q["text"]})

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llava.eval.harness import build_parser, parse_args, run_cli
+from llava.eval.harness import build_parser, parse_args
 from llava.eval.model_vqa import answer
+from llava.eval.scoring.common import run_cli
 
 
 def main(argv: list[str] | None = None) -> dict[int, Path]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
-from llava.eval.harness import HarnessError, Query, Sample, build_parser, parse_args, run, run_cli
+from llava.eval.harness import HarnessError, Query, Sample, build_parser, parse_args, run
+from llava.eval.scoring.common import run_cli
 from llava.eval.scoring.mmbench import questions_from_table, read_tsv
 
 SINGLE_PRED_PROMPT = {

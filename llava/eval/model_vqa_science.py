@@ -19,7 +19,8 @@ import os
 from pathlib import Path
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.eval.harness import HarnessError, Query, Sample, build_parser, parse_args, run, run_cli
+from llava.eval.harness import HarnessError, Query, Sample, build_parser, parse_args, run
+from llava.eval.scoring.common import run_cli
 
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
 ANSWER_PROMPTER = " ###\nANSWER:"

@@ -19,8 +19,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from llava.eval.harness import HarnessError, read_jsonl, require, run_cli
-from llava.eval.scoring.common import read_json
+from llava.eval.harness import HarnessError, require
+from llava.eval.scoring.common import read_json, read_jsonl, run_cli
 
 _OCR_FIRST = re.compile(r"Question: (.*?) Short answer:", re.DOTALL)
 
@@ -44,7 +44,8 @@ def with_textvqa_ids(question_file: str | Path, annotation_file: str | Path) -> 
         raise HarnessError(f"{annotation_file}: expected a TextVQA annotation file {{'data': [...]}}")
     ids = {(str(a["image_id"]), a["question"].lower()): a["question_id"] for a in data["data"]}
     questions = []
-    for source, record in read_jsonl(question_file):
+    for number, record in read_jsonl(question_file, HarnessError):
+        source = f"{question_file}:{number}"
         require(record, ("question_id", "text"), source)
         question = question_from_prompt(record["text"])
         if question is None:

@@ -12,17 +12,8 @@ import logging
 from dataclasses import dataclass, fields
 from typing import Any
 
-import torch
-
-from llava.constants import IMAGE_TOKEN_INDEX
-from llava.conversation import get_conv_template, select_conv_mode
-from llava.mm_utils import (
-    format_image_query,
-    get_model_name_from_path,
-    load_image,
-    process_images,
-    tokenizer_image_token,
-)
+from llava.generation import Generator, PromptBatch, SamplingParams, add_scale_argument, default_device
+from llava.mm_utils import get_model_name_from_path, load_image
 from llava.model.builder import load_pretrained_model
 from llava.model.cpu_packing import prepare_for_inference
 
@@ -54,55 +45,26 @@ class RunArgs:
         return cls(**values)
 
 
-def default_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def eval_model(args: Any) -> str:
     """Load the model, answer `args.query` about `args.image_file`, print and return the answer."""
     run = RunArgs.from_object(args)
-    device = run.device or default_device()
     model_name = get_model_name_from_path(run.model_path)
     tokenizer, model, image_processor, _ = load_pretrained_model(
-        run.model_path, run.model_base, model_name, load_8bit=run.load_8bit, load_4bit=run.load_4bit, device=device
+        run.model_path,
+        run.model_base,
+        model_name,
+        load_8bit=run.load_8bit,
+        load_4bit=run.load_4bit,
+        device=run.device or default_device(),
     )
     prepare_for_inference(model)
-    image_files = [f for f in run.image_file.split(run.sep)] if run.image_file else []
-    images = [load_image(f) for f in image_files]
-    query = format_image_query(run.query, len(images), model.config.mm_use_im_start_end) if images else run.query
-
-    conv_mode = run.conv_mode or select_conv_mode(model_name, model.config.conv_template)
-    conv = get_conv_template(conv_mode)
-    conv.append_message(conv.roles[0], query)
-    conv.append_message(conv.roles[1], None)
-    input_ids = tokenizer_image_token(conv.get_prompt(), tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
-
-    pixels = None
-    if images:
-        pixels = process_images(images, image_processor, model.config)
-        pixels = (
-            pixels.to(model.device, model.dtype)
-            if isinstance(pixels, torch.Tensor)
-            else [p.to(model.device, model.dtype) for p in pixels]
-        )
-    output_ids = model.generate(
-        input_ids[None].to(model.device),
-        images=pixels,
-        image_sizes=[image.size for image in images],
-        matryoshka_vis_token_scale=run.matryoshka_vis_token_scale,
-        do_sample=run.temperature > 0,
-        temperature=run.temperature if run.temperature > 0 else None,
-        top_p=run.top_p,
-        num_beams=run.num_beams,
-        max_new_tokens=run.max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        use_cache=True,
-    )
-    answer = tokenizer.batch_decode(output_ids, skip_special_tokens=True)[0].strip()
+    generator = Generator(tokenizer, model, image_processor, model_name, run.conv_mode)
+    images = [load_image(f) for f in run.image_file.split(run.sep)] if run.image_file else []
+    input_ids = generator.tokenize(generator.prompt(run.query, len(images)))
+    params = SamplingParams(run.temperature, run.top_p, run.max_new_tokens, num_beams=run.num_beams)
+    encoded = generator.encode(generator.pixels(images))
+    batch = PromptBatch([input_ids], encoded, [image.size for image in images])
+    answer = generator.answer(batch, run.matryoshka_vis_token_scale, params)[0]
     print(answer)
     return answer
 
@@ -119,13 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None)
     parser.add_argument("--num_beams", "--num-beams", dest="num_beams", type=int, default=1)
     parser.add_argument("--max_new_tokens", "--max-new-tokens", dest="max_new_tokens", type=int, default=512)
-    parser.add_argument(
-        "--matryoshka_vis_token_scale",
-        "--matryoshka-vis-token-scale",
-        dest="matryoshka_vis_token_scale",
-        type=int,
-        default=None,
-        help="visual tokens per image (per crop for anyres): 576, 144, 36, 9 or 1; default: the checkpoint's",
+    add_scale_argument(
+        parser, "visual tokens per image (per crop for anyres): 576, 144, 36, 9 or 1; default: the checkpoint's"
     )
     parser.add_argument("--device", default=None, help="cuda, cpu or mps (default: the best available)")
     parser.add_argument("--load-8bit", "--load_8bit", dest="load_8bit", action="store_true")

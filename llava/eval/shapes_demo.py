@@ -17,20 +17,22 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.conversation import conv_templates
 from llava.data import shapes
-from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
+from llava.generation import Generator, PromptBatch, SamplingParams
+from llava.mm_utils import get_model_name_from_path
 from llava.model.builder import load_pretrained_model
 from llava.model.cpu_packing import prepare_for_inference
-from llava.model.matryoshka import TRAINED_SCALES
+from llava.model.matryoshka import TRAINED_SCALES, parse_scales
+from llava.optional import optional_dependency
+
+with optional_dependency():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -38,60 +40,27 @@ DEFAULT_MODEL_PATH = "playground/shapes-m3-tiny"
 ROWS = (*shapes.DIFFICULTIES, *shapes.QUESTION_TYPES)
 
 
-def build_prompt(question: str, template: str) -> str:
-    conv = conv_templates[template].copy()
-    conv.append_message(conv.roles[0], f"{DEFAULT_IMAGE_TOKEN}\n{question}")
-    conv.append_message(conv.roles[1], None)
-    return conv.get_prompt()
-
-
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, L) ids and attention mask, padded on the left as batched generation needs."""
-    length = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), length), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        ids[i, length - len(seq) :] = torch.tensor(seq)
-        mask[i, length - len(seq) :] = 1
-    return ids, mask
-
-
 @torch.no_grad()
 def answer_all(
     records: Sequence[dict],
     image_folder: Path,
-    tokenizer: Any,
-    model: Any,
-    image_processor: Any,
+    generator: Generator,
     scales: Sequence[int],
     batch_size: int = 64,
 ) -> dict[int, dict[str, str]]:
     """Predictions per scale: {scale: {record id: answer text}}; each batch's images are encoded once."""
-    template = model.config.conv_template or "v1"
+    params = SamplingParams(temperature=0, max_new_tokens=3)
     predictions: dict[int, dict[str, str]] = {scale: {} for scale in scales}
     for start in range(0, len(records), batch_size):
         batch = records[start : start + batch_size]
         images = [Image.open(image_folder / r["image"]).convert("RGB") for r in batch]
-        pixels = process_images(images, image_processor, model.config).to(model.device, model.dtype)
-        encoded = model.encode_images(pixels)
-        prompts = [
-            build_prompt(r["conversations"][0]["value"].replace(DEFAULT_IMAGE_TOKEN, "").strip(), template)
-            for r in batch
-        ]
-        ids, mask = left_pad([tokenizer_image_token(p, tokenizer) for p in prompts], tokenizer.pad_token_id)
+        encoded = generator.encode(generator.pixels(images))
+        questions = [r["conversations"][0]["value"].replace(DEFAULT_IMAGE_TOKEN, "").strip() for r in batch]
+        input_ids = [generator.tokenize(generator.prompt(question, 1)) for question in questions]
         for scale in scales:
-            out = model.generate(
-                ids.to(model.device),
-                images=encoded,
-                attention_mask=mask.to(model.device),
-                matryoshka_vis_token_scale=scale,
-                max_new_tokens=3,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            for record, text in zip(batch, tokenizer.batch_decode(out, skip_special_tokens=True)):
-                predictions[scale][record["id"]] = text.strip()
+            answers = generator.answer(PromptBatch(input_ids, encoded), scale, params)
+            for record, answer in zip(batch, answers):
+                predictions[scale][record["id"]] = answer
     return predictions
 
 
@@ -106,12 +75,12 @@ def evaluate(
 ) -> dict[int, dict]:
     """Score a checkpoint on the first `num_images` held-out images: {scale: shapes.score(...)}."""
     data_dir = Path(data_dir)
-    tokenizer, model, image_processor, _ = load_pretrained_model(
-        str(model_path), None, get_model_name_from_path(str(model_path)), device=device
-    )
+    name = get_model_name_from_path(str(model_path))
+    tokenizer, model, image_processor, _ = load_pretrained_model(str(model_path), None, name, device=device)
     prepare_for_inference(model)
     records = shapes.generate_split(data_dir, "test", num_images, seed, model.get_vision_tower().image_size)
-    predictions = answer_all(records, data_dir, tokenizer, model, image_processor, scales, batch_size)
+    generator = Generator(tokenizer, model, image_processor, name)
+    predictions = answer_all(records, data_dir, generator, scales, batch_size)
     return {scale: shapes.score(records, predictions[scale]) for scale in scales}
 
 
@@ -177,7 +146,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[int, dict]:
     args = parse_args(argv)
-    scales = [int(s) for s in args.scales.split(",")]
+    scales = parse_scales(args.scales)
     start = time.perf_counter()
     results = evaluate(
         args.model_path, args.data_dir, args.num_images, scales, batch_size=args.batch_size, device=args.device

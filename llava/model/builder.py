@@ -37,6 +37,7 @@ from llava.model.config import LlavaMultimodalConfig
 from llava.model.convert_hf import HF_KEY_MAPPING, HF_LLAVA_MODEL_TYPES, m3_config_from_hf
 from llava.model.placement import gathered
 from llava.model.tokenizer import load_tokenizer
+from llava.optional import optional_dependency
 
 __all__ = [
     "CheckpointConfig",
@@ -187,6 +188,8 @@ def quantization_config(
     """bitsandbytes 4- or 8-bit for the language model; tower, projector and LM head stay in `compute_dtype`."""
     if bits not in (4, 8):
         raise ValueError(f"quantisation is 4 or 8 bits, got {bits}")
+    with optional_dependency():
+        import bitsandbytes  # noqa: F401  (transformers imports it to quantise; fail here, naming the extra)
     return BitsAndBytesConfig(
         load_in_4bit=bits == 4,
         load_in_8bit=bits == 8,
@@ -457,7 +460,8 @@ def _load_llava(
     )
     if not lora:
         return model
-    from peft import PeftModel
+    with optional_dependency():
+        from peft import PeftModel
 
     logger.info("merging LoRA weights from %s", model_path)
     return PeftModel.from_pretrained(model, model_path).merge_and_unload()

@@ -10,8 +10,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from llava.model.matryoshka import parse_scales
-
 PROJECTOR_PATTERN = re.compile(r"^(linear|identity|mlp(\d+)x_gelu)$")
 ASPECT_RATIOS = ("square", "pad", "anyres")
 MERGE_TYPES = ("flat", "spatial", "spatial_unpad")
@@ -38,8 +36,13 @@ class LlavaMultimodalConfig:
     mm_use_im_patch_token: bool = False
     unfreeze_mm_vision_tower: bool = False
     tune_mm_mlp_adapter: bool = False
-    matryoshka_vis_token_scale: int | list | str | None = None
-    """The M3 budget: an int (inference default) or a list (the scales trained on at once)."""
+    matryoshka_train_scales: list[int] | None = None
+    """The budgets the M3 objective trains on at once (`--matryoshka_vis_token_scale 1,9,36,144,576`).
+
+    Saved under the released checkpoints' key `matryoshka_vis_token_scale` (see that property), which the
+    original code reads as the list of budgets to train on, so checkpoints we save stay loadable there."""
+    matryoshka_default_scale: int | None = None
+    """The budget of a call that names none; None: the largest trained budget, else the full grid."""
     matryoshka_scale_weights: list | None = None
     """Optional weight per trained scale for the M3 loss (default: plain mean)."""
     tokenizer_padding_side: str = "right"
@@ -48,7 +51,7 @@ class LlavaMultimodalConfig:
     """Conversation template the checkpoint was trained with (see llava.conversation)."""
 
     def validate_multimodal(self) -> None:
-        """Normalise the scale setting and reject values no code path supports."""
+        """Reject layout values no code path supports (the budgets are checked in `__post_init__`)."""
         if not PROJECTOR_PATTERN.match(self.mm_projector_type):
             raise ValueError(
                 f"mm_projector_type={self.mm_projector_type!r} is not supported; "
@@ -70,42 +73,72 @@ class LlavaMultimodalConfig:
             )
         if self.tokenizer_padding_side not in PADDING_SIDES:
             raise ValueError(f"tokenizer_padding_side={self.tokenizer_padding_side!r} is not 'left' or 'right'")
-        scales = parse_scales(self.matryoshka_vis_token_scale)
-        if scales is not None and not scales:
-            scales = None
-        # One int means an inference default; a list (even of one) is what training cycles through.
-        if isinstance(self.matryoshka_vis_token_scale, int) or scales is None:
-            self.matryoshka_vis_token_scale = None if scales is None else scales[0]
-        else:
-            self.matryoshka_vis_token_scale = scales
-        if self.matryoshka_scale_weights is not None:
-            if not isinstance(self.matryoshka_vis_token_scale, list):
-                raise ValueError("matryoshka_scale_weights needs a list of scales in matryoshka_vis_token_scale")
-            if len(self.matryoshka_scale_weights) != len(self.matryoshka_vis_token_scale):
-                raise ValueError(
-                    f"matryoshka_scale_weights has {len(self.matryoshka_scale_weights)} weights for "
-                    f"{len(self.matryoshka_vis_token_scale)} scales {self.matryoshka_vis_token_scale}"
-                )
-            if any(float(w) < 0 for w in self.matryoshka_scale_weights) or sum(self.matryoshka_scale_weights) <= 0:
-                raise ValueError(
-                    f"matryoshka_scale_weights must be non-negative with a positive sum, got "
-                    f"{self.matryoshka_scale_weights}"
-                )
 
     @property
     def is_anyres(self) -> bool:
         return self.image_aspect_ratio is not None and self.image_aspect_ratio.startswith("anyres")
 
-    @property
-    def training_scales(self) -> list[int] | None:
-        """The scales of the M3 objective, or None when the config names a single budget."""
-        value = self.matryoshka_vis_token_scale
-        return list(value) if isinstance(value, list) else None
+    def default_scale_for(self, grid_side: int) -> int:
+        """The budget of a call that names none, for a `grid_side`² token grid (not yet validated against it):
+        `matryoshka_default_scale`, else the largest trained budget, else the full grid."""
+        if self.matryoshka_default_scale is not None:
+            return self.matryoshka_default_scale
+        if self.matryoshka_train_scales:
+            return max(self.matryoshka_train_scales)
+        return grid_side * grid_side
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        # The family config's __post_init__ calls validate_multimodal() first; the released checkpoints'
+        # `matryoshka_vis_token_scale` arrives later, among the extra kwargs the base class sets, so the
+        # budgets are checked after it.
+        super().__post_init__(**kwargs)
+        self._check_scales()
+
+    def _check_scales(self) -> None:
+        scales, weights = self.matryoshka_train_scales, self.matryoshka_scale_weights
+        if scales is not None:
+            scales = self.matryoshka_train_scales = _int_list(scales, "matryoshka_train_scales") or None
+        default = self.matryoshka_default_scale
+        if default is not None and (isinstance(default, bool) or not isinstance(default, int)):
+            raise ValueError(f"matryoshka_default_scale must be an int or null, got {default!r}")
+        if weights is None:
+            return
+        if scales is None:
+            raise ValueError("matryoshka_scale_weights needs the list of trained scales (matryoshka_vis_token_scale)")
+        if len(weights) != len(scales):
+            raise ValueError(f"matryoshka_scale_weights has {len(weights)} weights for {len(scales)} scales {scales}")
+        if any(float(w) < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"matryoshka_scale_weights must be non-negative with a positive sum, got {weights}")
 
     @property
-    def default_scale(self) -> int | None:
-        """Inference budget when a call names none: the config's int, or the largest trained scale."""
-        value: Any = self.matryoshka_vis_token_scale
-        if isinstance(value, list):
-            return max(value)
-        return value
+    def matryoshka_vis_token_scale(self) -> list[int] | None:
+        """The released checkpoints' key: the list of trained budgets (`matryoshka_train_scales`).
+
+        Setting it, as loading a released `config.json` does, fills the field its value means: a list sets
+        the trained budgets, an int (IG-VLM's way of choosing a budget) the default budget.
+        """
+        return self.matryoshka_train_scales
+
+    @matryoshka_vis_token_scale.setter
+    def matryoshka_vis_token_scale(self, value: int | list[int] | None) -> None:
+        if value is None or isinstance(value, list | tuple):
+            self.matryoshka_train_scales = None if value is None else _int_list(value, "matryoshka_vis_token_scale")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            self.matryoshka_default_scale = value
+        else:
+            raise ValueError(
+                f"matryoshka_vis_token_scale in a config must be a list of ints (the trained budgets), an int (the "
+                f"default budget) or null, got {value!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as saved: the trained budgets under the released checkpoints' key."""
+        output = super().to_dict()
+        output["matryoshka_vis_token_scale"] = output.pop("matryoshka_train_scales", None)
+        return output
+
+
+def _int_list(values: Any, name: str) -> list[int]:
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+        raise ValueError(f"{name} must be a list of ints, got {values!r}")
+    return [int(v) for v in values]

@@ -3,13 +3,14 @@
 Data flow: pixels → vision tower → projector (`encode_images`, once per image whatever the
 budgets) → M3 pooling per crop → anyres merge (`visual_tokens`) → splice into the token
 embeddings (`prepare_multimodal_inputs`) → the language model. `forward` and `generate` take
-`matryoshka_vis_token_scale` per call: an int, or one scale per sample.
+`matryoshka_vis_token_scale` per call: an int, one int per sample, or None for the checkpoint's default.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,14 +23,14 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model.anyres import count_anyres_tokens, merge_anyres_features
 from llava.model.config import LlavaMultimodalConfig
-from llava.model.matryoshka import parse_scales, pool_visual_tokens, validate_scale
+from llava.model.matryoshka import pool_visual_tokens, validate_scale
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from llava.model.multimodal_projector.builder import build_vision_projector
 from llava.model.placement import first_weight, to_weight
 from llava.model.splice import SplicedBatch, check_image_count, count_image_placeholders, splice_visual_tokens
 
 ImageInput = torch.Tensor | Sequence[torch.Tensor]
-ScaleArg = int | Sequence[int] | torch.Tensor | str | None
+ScaleArg = int | Sequence[int] | None
 
 
 @dataclass
@@ -176,28 +177,35 @@ class LlavaMetaForCausalLM:
 
     # -- scales -----------------------------------------------------------------------------
 
+    @property
+    def default_scale(self) -> int:
+        """The budget of a call that names none (`LlavaMultimodalConfig.default_scale_for`), validated."""
+        return validate_scale(self.config.default_scale_for(self.grid_side), self.grid_side)
+
+    def resolve_scale(self, scale: int | None) -> int:
+        """One validated budget: `scale`, or the checkpoint's default for None.
+
+        Raises a TypeError naming the allowed types for anything but an int or None (text is parsed at
+        the command-line or HTTP edge), and a ValueError listing the valid budgets for a wrong int.
+        """
+        return self.default_scale if scale is None else validate_scale(scale, self.grid_side)
+
     def resolve_scales(self, scale: ScaleArg, num_samples: int) -> list[int]:
-        """One validated budget per sample: the call's int or list, else the config's default."""
-        grid = self.grid_side
-        if isinstance(scale, torch.Tensor):
-            scale = scale.tolist()
-        if scale is None:
-            default = self.config.default_scale
-            values = [grid * grid if default is None else default] * num_samples
-        else:
-            parsed = parse_scales(scale)
-            if parsed is None:
-                parsed = [self.config.default_scale or grid * grid]
-            if isinstance(scale, int) or isinstance(scale, str) and len(parsed) == 1:
-                values = parsed * num_samples
-            elif len(parsed) != num_samples:
-                raise ValueError(
-                    f"matryoshka_vis_token_scale lists {len(parsed)} scales {parsed} for a batch of {num_samples} "
-                    "samples; give one int for all or exactly one scale per sample"
-                )
-            else:
-                values = parsed
-        return [validate_scale(v, grid) for v in values]
+        """One validated budget per sample from a call's `matryoshka_vis_token_scale`: one int (or None)
+        for every sample, or a list with exactly one int per sample."""
+        if scale is None or (isinstance(scale, numbers.Integral) and not isinstance(scale, bool)):
+            return [self.resolve_scale(scale)] * num_samples
+        if not isinstance(scale, Sequence) or isinstance(scale, str):
+            raise TypeError(
+                f"matryoshka_vis_token_scale must be an int, a list of ints (one per sample) or None, got "
+                f"{type(scale).__name__} {scale!r}; parse text with llava.model.matryoshka.parse_scales first"
+            )
+        if len(scale) != num_samples:
+            raise ValueError(
+                f"matryoshka_vis_token_scale lists {len(scale)} scales {list(scale)} for a batch of {num_samples} "
+                "samples; give one int for all or exactly one scale per sample"
+            )
+        return [validate_scale(v, self.grid_side) for v in scale]
 
     def num_visual_tokens(self, scale: int, image_size: tuple[int, int] | None = None) -> int:
         """Visual tokens one image costs at `scale`, as the splice will really insert them.
@@ -357,7 +365,7 @@ class LlavaMetaForCausalLM:
         last position to the vocabulary during prefill.
         """
         if inputs_embeds is None and input_ids is not None and self.get_vision_tower() is not None:
-            scales = self.config.training_scales
+            scales = self.config.matryoshka_train_scales
             if self.training and labels is not None and matryoshka_vis_token_scale is None and scales:
                 return self.matryoshka_forward(input_ids, attention_mask, labels, images, image_sizes, **kwargs)
             # Decoding steps (a cache is passed) never carry placeholders: skip the device sync.
@@ -398,8 +406,8 @@ class LlavaMetaForCausalLM:
         The vision tower and projector run once; each budget pools that one result. Logits are
         computed only where a label is (`target_token_loss`), so none are returned.
         """
-        scales = list(scales or self.config.training_scales or [self.grid_side**2])
-        weights = self.config.matryoshka_scale_weights if scales == self.config.training_scales else None
+        scales = list(scales or self.config.matryoshka_train_scales or [self.default_scale])
+        weights = self.config.matryoshka_scale_weights if scales == self.config.matryoshka_train_scales else None
         weights = [float(w) for w in weights] if weights else [1.0] * len(scales)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         kwargs.pop("logits_to_keep", None)

@@ -7,7 +7,7 @@ through these functions, so the nested token sets are computed the same way ever
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
 
 import torch
 
@@ -27,11 +27,15 @@ def valid_scales(grid_side: int) -> list[int]:
 
 
 def validate_scale(scale: int, grid_side: int) -> int:
-    """Return `scale` as an int if it is a valid budget for the grid, else raise a ValueError listing them."""
+    """Return `scale` as an int if it is a valid budget for the grid.
+
+    Raises a TypeError for anything but an integer (strings are parsed at the command-line or HTTP edge
+    with `parse_scales`, never here) and a ValueError listing the valid budgets for an integer that is not one.
+    """
     allowed = valid_scales(grid_side)
-    if isinstance(scale, bool) or not _is_integral(scale):
-        raise ValueError(
-            f"matryoshka_vis_token_scale must be an integer, got {scale!r}; valid values for a "
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Integral):
+        raise TypeError(
+            f"matryoshka_vis_token_scale must be an int, got {type(scale).__name__} {scale!r}; valid values for a "
             f"{grid_side}x{grid_side} grid: {allowed}"
         )
     value = int(scale)
@@ -43,41 +47,24 @@ def validate_scale(scale: int, grid_side: int) -> int:
     return value
 
 
-def _is_integral(value: object) -> bool:
-    try:
-        return float(value) == int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
+def parse_scales(text: str) -> list[int]:
+    """Parse the command-line form of one or several budgets: "36", "1,9,36,144,576" or "[576, 144]".
 
-
-def parse_scales(value: int | str | Sequence[int] | None) -> list[int] | None:
-    """Parse the command-line / config forms of a scale setting into a list of ints.
-
-    Accepts None, an int, "36", "1,9,36,144,576", "[576, 144]" or a sequence of ints. Validation
-    against a grid is separate (`validate_scale`), because the grid is known only to the model.
+    Used once at each edge where a budget arrives as text (command-line flags, training arguments);
+    the model itself takes ints only. Validation against a grid is separate (`validate_scale`),
+    because the grid is known only to the model.
     """
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"matryoshka_vis_token_scale must be an integer or a list of integers, got {value!r}")
-    if isinstance(value, int):
-        return [value]
-    if isinstance(value, str):
-        text = value.strip().strip("[]()")
-        if not text or text.lower() == "none":
-            return None
-        parts = [p.strip() for p in text.split(",") if p.strip()]
-        try:
-            return [int(p) for p in parts]
-        except ValueError:
-            raise ValueError(
-                f"matryoshka_vis_token_scale={value!r} is not an integer or a comma-separated list of integers"
-            ) from None
-    scales = list(value)
-    for s in scales:
-        if isinstance(s, bool) or not _is_integral(s):
-            raise ValueError(f"matryoshka_vis_token_scale list holds a non-integer value {s!r}")
-    return [int(s) for s in scales]
+    if not isinstance(text, str):
+        raise TypeError(f"parse_scales takes the text of a flag, got {type(text).__name__} {text!r}")
+    parts = [p.strip() for p in text.strip().strip("[]()").split(",")]
+    if not any(parts):
+        raise ValueError(f"matryoshka_vis_token_scale={text!r} names no scale; give e.g. 36 or 1,9,36,144,576")
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(
+            f"matryoshka_vis_token_scale={text!r} is not an integer or a comma-separated list of integers"
+        ) from None
 
 
 def pool_visual_tokens(features: torch.Tensor, scale: int) -> torch.Tensor:
@@ -104,16 +91,3 @@ def pool_visual_tokens(features: torch.Tensor, scale: int) -> torch.Tensor:
     # small budgets does not carry a full-size temporary.
     blocks = features.reshape(batch, k, stride, k, stride, channels)
     return blocks.mean(dim=(2, 4)).reshape(batch, scale, channels)
-
-
-def pool_to_scales(features: torch.Tensor, scales: Sequence[int]) -> dict[int, torch.Tensor]:
-    """Pool one set of grid features to several budgets (the vision tower ran once for all of them).
-
-    Args:
-        features: (B, H·W, C) as in `pool_visual_tokens`.
-        scales: budgets to build; duplicates are built once.
-
-    Returns:
-        {scale: (B, scale, C)}.
-    """
-    return {s: pool_visual_tokens(features, s) for s in dict.fromkeys(scales)}

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from llava.optional import optional_dependency
+
 
 def to_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """`x` in `weight`'s dtype, on `weight`'s device: what a module holding `weight` can take.
@@ -46,7 +48,8 @@ def gathered(params: Iterable[nn.Parameter]) -> Iterator[None]:
     if not is_deepspeed_zero3_enabled():
         yield
         return
-    import deepspeed
+    with optional_dependency():
+        import deepspeed
 
     with deepspeed.zero.GatheredParameters(list(params), modifier_rank=0):
         yield

@@ -13,16 +13,16 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from PIL import Image
 
-from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.conversation import Conversation, get_conv_template
+from llava.conversation import get_conv_template
+from llava.generation import ChatTurn, SamplingParams, add_scale_argument, build_chat_prompt, default_device
 from llava.mm_utils import load_image
-from llava.serve.engine import GenerationChunk, InferenceEngine, Job, SamplingParams
-from llava.serve.errors import RequestError
-from llava.serve.prompting import template_stop
-from llava.serve.service import add_loading_arguments, default_device
+from llava.serve.args import add_loading_arguments
+from llava.serve.engine import GenerationChunk, InferenceEngine, Job
+from llava.serve.http import RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +37,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-base", default=None)
     parser.add_argument("--model-name", default=None)
     parser.add_argument("--image-file", default=None, help="local image file or http(s) URL")
-    parser.add_argument(
-        "--matryoshka_vis_token_scale",
-        "--matryoshka-vis-token-scale",
-        dest="matryoshka_vis_token_scale",
-        default=None,
-        help="visual-token budget (1/9/36/144/576; default: the checkpoint's)",
-    )
+    add_scale_argument(parser, "visual-token budget (1/9/36/144/576; default: the checkpoint's)")
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--conv-mode", default=None)
     parser.add_argument("--temperature", type=float, default=0.2, help="0 for greedy decoding")
@@ -55,7 +49,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 class ChatSession:
-    """One conversation with an engine: the history, the image and the current budget."""
+    """One conversation with an engine: the turns so far, the image and the current budget.
+
+    Each turn lays out the whole chat again (`build_chat_prompt`), so a budget change applies to the
+    image from the next turn on.
+    """
 
     def __init__(
         self,
@@ -70,16 +68,8 @@ class ChatSession:
         self.scale = scale
         self.sampling = sampling
         self.debug = debug
-        self.conv = self._new_conversation()
-
-    def _new_conversation(self) -> Conversation:
-        conv = get_conv_template(self.engine.conv_mode)
-        stop = template_stop(conv)
-        if stop:
-            self.sampling = SamplingParams(
-                self.sampling.temperature, self.sampling.top_p, self.sampling.max_new_tokens, (stop,)
-            )
-        return conv
+        self.roles = get_conv_template(engine.conv_mode).roles
+        self.turns: list[ChatTurn] = []
 
     def describe_scale(self) -> str:
         size = self.image.size if self.image is not None else None
@@ -88,32 +78,30 @@ class ChatSession:
         return f"matryoshka_vis_token_scale={self.scale}: {tokens} visual tokens {where}"
 
     def set_scale(self, value: str) -> str:
+        """`/scale N`: the command-line edge where the budget arrives as text."""
         try:
-            self.scale = self.engine.resolve_scale(value.strip())
+            self.scale = self.engine.resolve_scale(int(value))
+        except ValueError:
+            return f"error: /scale takes an integer budget, e.g. /scale 9; valid values: {self.engine.valid_scales}"
         except RequestError as e:
             return f"error: {e.message}"
         return self.describe_scale()
 
     def reset(self) -> None:
-        self.conv = self._new_conversation()
+        self.turns = []
 
     def ask(self, text: str) -> GenerationChunk:
         """Send one user turn and stream the answer to stdout; returns the final chunk."""
         # The image belongs to the first turn; every later turn re-sends it with the whole history.
-        images = [self.image] if self.image is not None else []
-        if images and not self.conv.messages:
-            text = f"{DEFAULT_IMAGE_TOKEN}\n{text}"
-        self.conv.append_message(self.conv.roles[0], text)
-        self.conv.append_message(self.conv.roles[1], None)
-        prompt = self.conv.get_prompt()
-        try:
-            prepared = self.engine.prepare(prompt, images, self.scale, self.sampling)
-        except RequestError as e:
-            self.conv.messages = self.conv.messages[:-2]
-            raise e
+        parts = [("image", self.image)] if self.image is not None and not self.turns else []
+        turns = [*self.turns, ChatTurn("user", [*parts, ("text", text)])]
+        chat = build_chat_prompt(turns, self.engine.conv_mode)
+        sampling = replace(self.sampling, stop=(chat.stop,) if chat.stop else ())
+        prepared = self.engine.prepare(chat.prompt, chat.images, self.scale, sampling)
         if self.debug:
             print(
-                f"\n[prompt: {prepared.prompt_tokens} tokens, {prepared.visual_tokens} visual]\n{prompt}\n", flush=True
+                f"\n[prompt: {prepared.prompt_tokens} tokens, {prepared.visual_tokens} visual]\n{chat.prompt}\n",
+                flush=True,
             )
         final: list[GenerationChunk] = []
 
@@ -122,11 +110,11 @@ class ChatSession:
             if chunk.done:
                 final.append(chunk)
 
-        print(f"{self.conv.roles[1]}: ", end="", flush=True)
+        print(f"{self.roles[1]}: ", end="", flush=True)
         self.engine.run_batch([Job(prepared, emit)])
         print(flush=True)
         result = final[0]
-        self.conv.messages[-1][-1] = result.text
+        self.turns = [*turns, ChatTurn("assistant", [("text", result.text)])]
         if result.error:
             print(f"error: {result.error}", file=sys.stderr, flush=True)
         return result
@@ -139,19 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         image = load_image(args.image_file) if args.image_file else None
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    engine = InferenceEngine.from_pretrained(
-        args.model_path,
-        args.model_base,
-        args.model_name,
-        device=args.device,
-        load_8bit=args.load_8bit,
-        load_4bit=args.load_4bit,
-        use_flash_attn=args.use_flash_attn,
-        torch_compile=args.torch_compile,
-        cpu_weight_prepack=args.cpu_weight_prepack,
-        conv_mode=args.conv_mode,
-        max_new_tokens_limit=max(args.max_new_tokens, 1),
-    )
+    engine = InferenceEngine.from_args(args, max_new_tokens_limit=max(args.max_new_tokens, 1))
     try:
         scale = engine.resolve_scale(args.matryoshka_vis_token_scale)
     except RequestError as e:
@@ -161,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{engine.model_name}: {session.describe_scale()}\n{HELP}", flush=True)
     while True:
         try:
-            text = input(f"{session.conv.roles[0]}: ")
+            text = input(f"{session.roles[0]}: ")
         except (EOFError, KeyboardInterrupt):
             print("\nbye", flush=True)
             return

@@ -6,45 +6,32 @@ message lists the valid ones), images that do not match the `<image>` placeholde
 leaves no room for an answer. `max_new_tokens` is budgeted against the prompt's real length, i.e.
 its text tokens plus the visual tokens its images cost *at the requested scale* (anyres-aware).
 
-`InferenceEngine.run_batch` generates for several requests in one `model.generate` call: prompts
-left-padded, one scale per sample (mixed budgets in one batch), per-row temperature / top-p, and a
-`BatchTracker` that streams each row's text as it grows and stops each row on its own EOS, stop
-string, token limit or cancellation. The engine has no thread of its own: `BatchScheduler` feeds it
-from a server, the CLI calls it directly.
+`InferenceEngine.run_batch` generates for several requests in one `model.generate` call, through the
+prompt → generate path every caller shares (`llava.generation.Generator`): prompts left-padded, one
+scale per sample (mixed budgets in one batch), per-row temperature / top-p, and a `BatchTracker` that
+streams each row's text as it grows and stops each row on its own end token, stop string, token limit
+or cancellation. The engine has no thread of its own: `BatchScheduler` feeds it from a server, the CLI
+calls it directly.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from PIL import Image
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteria
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-from llava.conversation import select_conv_mode
-from llava.mm_utils import process_images, tokenizer_image_token
+from llava.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_MAX_IMAGES, DEFAULT_MAX_NEW_TOKENS_LIMIT, IMAGE_TOKEN_INDEX
+from llava.generation import Generator, PromptBatch, SamplingParams, first_stop
 from llava.model.matryoshka import TRAINED_SCALES, valid_scales
-from llava.serve.errors import RequestError
+from llava.serve.http import RequestError
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_NEW_TOKENS_LIMIT = 1024
-DEFAULT_MAX_IMAGES = 8
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to sample one request. `temperature` 0 means greedy decoding."""
-
-    temperature: float = 0.2
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    stop: tuple[str, ...] = ()
 
 
 @dataclass
@@ -99,7 +86,7 @@ class Job:
 
 
 class InferenceEngine:
-    """A loaded LLaVA/M3 model with its tokenizer and image processor, and the serving limits on it."""
+    """A loaded LLaVA/M3 model (a `Generator`) and the serving limits on it."""
 
     def __init__(
         self,
@@ -115,20 +102,15 @@ class InferenceEngine:
     ) -> None:
         if not hasattr(model, "get_vision_tower") or model.get_vision_tower() is None:
             raise ValueError(f"{model_name} has no vision tower; the M3 servers serve LLaVA/M3 checkpoints only")
-        self.tokenizer = tokenizer
+        self.generator = Generator(tokenizer, model, image_processor, model_name, conv_mode)
         self.model = model
-        self.image_processor = image_processor
+        self.conv_mode = self.generator.conv_mode
         self.context_len = context_len
         self.model_name = model_name
-        self.conv_mode = conv_mode or select_conv_mode(model_name, model.config.conv_template)
         self.max_new_tokens_limit = max_new_tokens_limit
         self.max_images = max_images
-        # Fast tokenizers are not safe to call from several threads at once ("Already borrowed").
-        self._tokenizer_lock = threading.Lock()
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.eos_token_ids = _eos_ids(tokenizer, model)
-        # The server's default budget; None defers to the checkpoint's. Checked now so a bad flag fails at startup.
-        self._default_scale = None if default_scale is None else model.resolve_scales(default_scale, 1)[0]
+        if default_scale is not None:  # the server's flag replaces the checkpoint's default; a bad one fails now
+            model.config.matryoshka_default_scale = model.resolve_scale(default_scale)
 
     @classmethod
     def from_pretrained(
@@ -163,6 +145,24 @@ class InferenceEngine:
         prepare_for_inference(model, cpu_weight_prepack)
         return cls(tokenizer, model, image_processor, context_len, model_name, **engine_kwargs)
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **engine_kwargs: Any) -> InferenceEngine:
+        """Load the checkpoint the serving commands' model flags name (`--model-path`, `--model-base`,
+        `--model-name`, `--device`, `--conv-mode` and the loading flags)."""
+        return cls.from_pretrained(
+            args.model_path,
+            args.model_base,
+            args.model_name,
+            device=args.device,
+            load_8bit=args.load_8bit,
+            load_4bit=args.load_4bit,
+            use_flash_attn=args.use_flash_attn,
+            torch_compile=args.torch_compile,
+            cpu_weight_prepack=args.cpu_weight_prepack,
+            conv_mode=args.conv_mode,
+            **engine_kwargs,
+        )
+
     # -- what the model offers ----------------------------------------------------------------
 
     @property
@@ -176,7 +176,8 @@ class InferenceEngine:
     @property
     def trained_scales(self) -> list[int]:
         """The budgets the checkpoint was trained on (the M3 five where the config names no list)."""
-        return sorted(self.model.config.training_scales or [s for s in TRAINED_SCALES if s in self.valid_scales])
+        trained = self.model.config.matryoshka_train_scales
+        return sorted(trained or [s for s in TRAINED_SCALES if s in self.valid_scales])
 
     @property
     def default_scale(self) -> int:
@@ -186,25 +187,15 @@ class InferenceEngine:
     def is_anyres(self) -> bool:
         return self.model.config.is_anyres
 
-    def resolve_scale(self, scale: int | str | None) -> int:
-        """The request's budget (None: the checkpoint's default), or a 400 listing the valid values."""
-        if isinstance(scale, list | tuple | dict):
-            raise RequestError(
-                400,
-                f"matryoshka_vis_token_scale must be one integer per request; valid values: {self.valid_scales}",
-                "matryoshka_vis_token_scale",
-            )
-        if scale is None and self._default_scale is not None:
-            return self._default_scale
+    def resolve_scale(self, scale: int | None) -> int:
+        """The request's budget (None: the default), or a 400 that names the allowed types and values.
+        Text is parsed at the edge (flags, request models), never here."""
         try:
-            return self.model.resolve_scales(scale, 1)[0]
-        except ValueError as e:
-            message = str(e)
-            if "valid values" not in message:
-                message += f"; valid values: {self.valid_scales}"
-            raise RequestError(400, message, "matryoshka_vis_token_scale") from None
+            return self.model.resolve_scale(scale)
+        except (TypeError, ValueError) as e:
+            raise RequestError(400, str(e), "matryoshka_vis_token_scale") from None
 
-    def num_visual_tokens(self, scale: int | str | None, image_size: tuple[int, int] | None = None) -> int:
+    def num_visual_tokens(self, scale: int | None, image_size: tuple[int, int] | None = None) -> int:
         """Visual tokens one image costs at `scale` (for anyres, an image of `image_size`; square if None)."""
         scale = self.resolve_scale(scale)
         if self.is_anyres and image_size is None:
@@ -226,19 +217,11 @@ class InferenceEngine:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def count_tokens(self, text: str) -> int:
-        with self._tokenizer_lock:
-            return len(self.tokenizer(text).input_ids)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        with self._tokenizer_lock:
-            return self.tokenizer.decode(ids, skip_special_tokens=True)
-
     def prepare(
         self,
         prompt: str,
         images: Sequence[Image.Image],
-        scale: int | str | None,
+        scale: int | None,
         sampling: SamplingParams,
     ) -> PreparedRequest:
         """Validate a request and compute its token budget; raises `RequestError` (400) when it cannot run."""
@@ -258,13 +241,7 @@ class InferenceEngine:
             raise RequestError(
                 400, f"max_new_tokens must be at least 1, got {sampling.max_new_tokens}", "max_new_tokens"
             )
-        model_prompt = prompt
-        if self.model.config.mm_use_im_start_end:
-            model_prompt = prompt.replace(
-                DEFAULT_IMAGE_TOKEN, DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
-            )
-        with self._tokenizer_lock:
-            input_ids = tokenizer_image_token(model_prompt, self.tokenizer)
+        input_ids = self.generator.tokenize(prompt)
         sizes = [image.size for image in images]
         visual = sum(self.model.num_visual_tokens(resolved, image_size=size) for size in sizes)
         text_tokens = sum(1 for t in input_ids if t != IMAGE_TOKEN_INDEX)
@@ -277,118 +254,46 @@ class InferenceEngine:
                 f"matryoshka_vis_token_scale={resolved}), which leaves no room for an answer in the context length "
                 f"of {self.context_len}; shorten the prompt or choose a smaller scale",
             )
-        max_new_tokens = min(sampling.max_new_tokens, self.max_new_tokens_limit, room)
         return PreparedRequest(
             prompt=prompt,
             input_ids=input_ids,
-            pixel_values=[self._pixels(image) for image in images],
+            pixel_values=self.generator.pixels(images),
             image_sizes=sizes,
             scale=resolved,
             visual_tokens=visual,
             prompt_tokens=prompt_tokens,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=min(sampling.max_new_tokens, self.max_new_tokens_limit, room),
             sampling=sampling,
         )
-
-    def _pixels(self, image: Image.Image) -> torch.Tensor:
-        pixels = process_images([image], self.image_processor, self.model.config)
-        return pixels[0]
 
     # -- generation -------------------------------------------------------------------------
 
     def run_batch(self, jobs: Sequence[Job]) -> None:
         """Generate for every job in one batch, streaming each job's chunks through its `emit`.
 
-        Never raises for a failed generation: every unfinished job then gets an "error" chunk, so a
-        server thread can go on serving.
+        One `generate` call through the shared path (`Generator.generate`): prompts left-padded, the
+        batch's images encoded once, one scale and one temperature / top-p per row, and a `BatchTracker`
+        that streams each row and ends it on its own terms. Never raises for a failed generation: every
+        unfinished job then gets an "error" chunk, so a server thread can go on serving.
         """
         jobs = [job for job in jobs if not job.cancelled]
         if not jobs:
             return
-        tracker = BatchTracker(jobs, self.decode, self.eos_token_ids)
+        stops = [stop for job in jobs for stop in job.prepared.sampling.stop]
+        tracker = BatchTracker(jobs, self.generator.decode, set(self.generator.end_token_ids(stops)))
         try:
-            inputs = self._collate(jobs)
-            sampling = [job.prepared.sampling for job in jobs]
-            do_sample = any(s.temperature > 0 for s in sampling)
-            config = GenerationConfig(
-                max_new_tokens=max(job.prepared.max_new_tokens for job in jobs),
-                do_sample=do_sample,
-                pad_token_id=self.pad_token_id,
-                eos_token_id=sorted(self.eos_token_ids),
-                use_cache=True,
-            )
-            processors = LogitsProcessorList([PerRowSampling(sampling)] if do_sample else [])
-            self.model.generate(
-                **inputs,
-                generation_config=config,
-                logits_processor=processors,
-                stopping_criteria=StoppingCriteriaList([tracker]),
-            )
+            prepared = [job.prepared for job in jobs]
+            pixels = [pixels for p in prepared for pixels in p.pixel_values]
+            sizes = [size for p in prepared for size in p.image_sizes]
+            batch = PromptBatch([p.input_ids for p in prepared], self.generator.encode(pixels), sizes or None)
+            # The tracker ends each row at its own limit; generate runs to the largest.
+            params = [replace(p.sampling, max_new_tokens=p.max_new_tokens) for p in prepared]
+            self.generator.generate(batch, [p.scale for p in prepared], params, stopping=tracker)
         except Exception as e:  # a failed batch must not take the server down
             logger.exception("generation failed for a batch of %d", len(jobs))
             tracker.fail(f"generation failed: {type(e).__name__}: {e}")
             return
         tracker.finish()
-
-    def _collate(self, jobs: Sequence[Job]) -> dict[str, Any]:
-        """Left-padded ids + mask, the batch's images in placeholder order, one scale per sample."""
-        tower = self.model.get_vision_tower()
-        param = next(tower.parameters())
-        ids = [job.prepared.input_ids for job in jobs]
-        length = max(len(x) for x in ids)
-        input_ids = torch.tensor([[self.pad_token_id] * (length - len(x)) + x for x in ids], dtype=torch.long)
-        attention_mask = torch.tensor([[0] * (length - len(x)) + [1] * len(x) for x in ids], dtype=torch.long)
-        pixels = [p.to(param.device, param.dtype) for job in jobs for p in job.prepared.pixel_values]
-        sizes = [size for job in jobs for size in job.prepared.image_sizes]
-        device = self.model.get_input_embeddings().weight.device
-        return {
-            "inputs": input_ids.to(device),
-            "attention_mask": attention_mask.to(device),
-            "images": pixels or None,
-            "image_sizes": sizes or None,
-            "matryoshka_vis_token_scale": [job.prepared.scale for job in jobs],
-        }
-
-
-def _eos_ids(tokenizer: Any, model: torch.nn.Module) -> set[int]:
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    configured = model.generation_config.eos_token_id
-    if configured is not None:
-        ids |= set(configured) if isinstance(configured, list) else {configured}
-    return ids
-
-
-class PerRowSampling(LogitsProcessor):
-    """Temperature and top-p per batch row; greedy rows (temperature 0) keep only their argmax.
-
-    Lets one `generate(do_sample=True)` call serve requests with different sampling settings.
-    """
-
-    def __init__(self, params: Sequence[SamplingParams]) -> None:
-        self.greedy = torch.tensor([p.temperature <= 0 for p in params])
-        self.temperature = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params])
-        self.top_p = torch.tensor([p.top_p if p.temperature > 0 else 1.0 for p in params])
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        device = scores.device
-        greedy = self.greedy.to(device)[:, None]
-        argmax = scores.argmax(dim=-1, keepdim=True)
-        scores = top_p_filter(scores / self.temperature.to(device)[:, None], self.top_p.to(device))
-        only_argmax = torch.full_like(scores, float("-inf")).scatter(1, argmax, 0.0)
-        return torch.where(greedy, only_argmax, scores)
-
-
-def top_p_filter(scores: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Mask (-inf) each row's tokens outside its nucleus: the smallest top set with mass ≥ top_p[row].
-
-    scores: (B, V) logits; top_p: (B,). The most likely token always stays.
-    """
-    sorted_scores, order = scores.sort(dim=-1, descending=True)
-    probs = sorted_scores.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs
-    remove_sorted = mass_before >= top_p[:, None]
-    remove = remove_sorted.scatter(1, order, remove_sorted)
-    return scores.masked_fill(remove, float("-inf"))
 
 
 @dataclass
@@ -432,7 +337,7 @@ class BatchTracker(StoppingCriteria):
         row.ids.append(token)
         text = self.decode(row.ids)
         stops = row.job.prepared.sampling.stop
-        cut = _first_stop(text, stops)
+        cut = first_stop(text, stops)
         if cut is not None:
             self._finish(row, "stop", text[:cut])
         elif row.generated >= row.job.prepared.max_new_tokens:
@@ -473,11 +378,6 @@ class BatchTracker(StoppingCriteria):
                         text=row.emitted, finish_reason="error", error=message, completion_tokens=row.generated
                     ),
                 )
-
-
-def _first_stop(text: str, stops: Sequence[str]) -> int | None:
-    positions = [i for i in (text.find(stop) for stop in stops if stop) if i >= 0]
-    return min(positions) if positions else None
 
 
 def _hold_back(text: str, stops: Sequence[str]) -> str:

@@ -38,6 +38,7 @@ from llava.model.builder import load_projector_weights as load_projector_weights
 from llava.model.matryoshka import parse_scales
 from llava.model.placement import gathered as gathered
 from llava.model.tokenizer import load_tokenizer as load_checkpoint_tokenizer
+from llava.optional import optional_dependency
 from llava.train.arguments import ModelArguments, TrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def build_config(model_args: ModelArguments, training_args: TrainingArguments, s
             setattr(config, name, getattr(model_args, name))
     if model_args.matryoshka_vis_token_scale is not None:
         scales = parse_scales(model_args.matryoshka_vis_token_scale)
-        config.matryoshka_vis_token_scale = scales  # a list, even of one: what training cycles through
+        config.matryoshka_train_scales = scales  # a list, even of one: what training cycles through
     if model_args.matryoshka_scale_weights is not None:
         config.matryoshka_scale_weights = [float(w) for w in model_args.matryoshka_scale_weights.split(",")]
     config.unfreeze_mm_vision_tower = model_args.unfreeze_mm_vision_tower
@@ -156,7 +157,8 @@ def lora_target_modules(model: nn.Module) -> list[str]:
 
 
 def apply_lora(model: Any, training_args: TrainingArguments) -> Any:
-    from peft import LoraConfig, get_peft_model
+    with optional_dependency():
+        from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
         r=training_args.lora_r,
@@ -202,7 +204,8 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, to
     )
     add_image_tokens(tokenizer, model)
     if training_args.bits in (4, 8):
-        from peft import prepare_model_for_kbit_training
+        with optional_dependency():
+            from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
     if training_args.gradient_checkpointing:

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from llava.eval import harness
+from llava.generation import Generator, PromptBatch
 
 # Aspect ratios differ on purpose: anyres checkpoints then give each image a different token count.
 IMAGE_SIZES = [(48, 48), (40, 56), (64, 32), (30, 45), (52, 44), (36, 36)]
@@ -70,22 +71,25 @@ class WorkCounter:
 
 
 def count_work(monkeypatch: pytest.MonkeyPatch) -> WorkCounter:
-    """Count vision-tower calls (a forward hook on `get_vision_tower()`) and generate calls of harness runs."""
+    """Count vision-tower calls (a forward hook on `get_vision_tower()`) and the generate calls (`Generator.answer`,
+    wrapped) of harness runs."""
     counter = WorkCounter()
-    load_model, generate_answers = harness.load_model, harness.generate_answers
+    load_model = harness.load_model
 
-    def counting_load_model(*args: Any, **kwargs: Any) -> harness.LoadedModel:
-        loaded = load_model(*args, **kwargs)
-        tower = loaded.model.get_vision_tower()
+    def counting_load_model(*args: Any, **kwargs: Any) -> Generator:
+        generator = load_model(*args, **kwargs)
+        tower = generator.model.get_vision_tower()
         tower.register_forward_hook(lambda module, inputs, output: counter.tower_batches.append(inputs[0].shape[0]))
-        return loaded
+        answer = generator.answer
 
-    def counting_generate_answers(model: Any, tokenizer: Any, input_ids: list, *args: Any, **kwargs: Any) -> list[str]:
-        counter.generate_rows.append(len(input_ids))
-        return generate_answers(model, tokenizer, input_ids, *args, **kwargs)
+        def counting_answer(batch: PromptBatch, *args: Any, **kwargs: Any) -> list[str]:
+            counter.generate_rows.append(len(batch.input_ids))
+            return answer(batch, *args, **kwargs)
+
+        monkeypatch.setattr(generator, "answer", counting_answer)
+        return generator
 
     monkeypatch.setattr(harness, "load_model", counting_load_model)
-    monkeypatch.setattr(harness, "generate_answers", counting_generate_answers)
     return counter
 
 

@@ -18,6 +18,8 @@ from generation_helpers import (
 
 from llava.eval import harness, model_vqa, model_vqa_loader, sweep
 from llava.eval.scoring import mme, textvqa
+from llava.eval.scoring.common import read_jsonl as read_scored_jsonl
+from llava.eval.scoring.common import run_cli
 
 
 @pytest.fixture
@@ -209,8 +211,8 @@ def test_malformed_question_lines_are_named(tmp_path: Path) -> None:
 
 def test_cli_reports_bad_input_in_one_line(tmp_path: Path, tiny_llava_pad: Path) -> None:
     argv = common_args(tiny_llava_pad, tmp_path / "absent.jsonl", tmp_path / "a.jsonl", None)
-    with pytest.raises(SystemExit, match=r"^error: .*absent.jsonl: question file not found$"):
-        harness.run_cli(lambda: model_vqa.main(argv))
+    with pytest.raises(SystemExit, match=r"^error: .*absent.jsonl: file not found$"):
+        run_cli(lambda: model_vqa.main(argv))
 
 
 def test_an_invalid_scale_is_refused_before_any_answer(tmp_path: Path, tiny_llava_pad: Path) -> None:
@@ -254,3 +256,12 @@ def test_questions_sharing_an_id_are_told_apart_by_their_prompt(
     assert [line["answer_id"] for line in read_jsonl(answers)[:3]] == [line["answer_id"] for line in complete[:3]]
     results = mme.main(["--answers", str(answers), "--gt-dir", str(release)])
     assert results["missing_subtasks"] and "artwork" not in results["missing_subtasks"]
+
+
+def test_an_answer_holding_a_line_separator_character_stays_one_line(tmp_path: Path) -> None:
+    # Answers are written unescaped (ensure_ascii=False); U+2028 is not a line end in JSONL.
+    answers = write_jsonl(
+        tmp_path / "a.jsonl", [{"question_id": 1, "prompt": "p", "text": "one\u2028two"}, {"question_id": 2}]
+    )
+    assert harness.read_answered(answers, 9) == {("1", None, "p"), ("2", None, None)}
+    assert [row["text"] for _, row in read_scored_jsonl(answers)[:1]] == ["one\u2028two"]

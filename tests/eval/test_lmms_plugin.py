@@ -70,7 +70,7 @@ def test_answers_a_request_as_the_harness_does(lmms_api: Any, tiny_llava_pad: Pa
     lm = LlavaM3.create_from_arg_string(
         f"pretrained={tiny_llava_pad},matryoshka_vis_token_scale=36", {"batch_size": 2, "device": "cpu"}
     )
-    assert (lm.scale, lm.batch_size, lm.conv_mode) == (36, 2, "llava_v1")
+    assert (lm.scale, lm.batch_size, lm.generator.conv_mode) == (36, 2, "llava_v1")
     names = write_images(tmp_path / "images", 2)
     docs = [
         {"image": Image.open(tmp_path / "images" / name), "question": f"What is shown? {i}"}

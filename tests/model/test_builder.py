@@ -188,7 +188,7 @@ def test_released_style_config_loads(tiny_llava_pad, tmp_path):
     del config["mm_vision_config"]  # released configs only name the tower
     (path / "config.json").write_text(json.dumps(config))
     _, model, _, _ = load_pretrained_model(str(path), None, "llava-v1.5-7b-m3", device="cpu")
-    assert model.config.default_scale == 576 and model.dtype == torch.float32
+    assert model.default_scale == 576 and model.dtype == torch.float32
 
 
 def test_invalid_scale_in_config_is_rejected_at_load(tiny_llava_pad, tmp_path):

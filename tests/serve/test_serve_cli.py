@@ -40,10 +40,11 @@ def test_multi_turn_chat_with_a_scale_change_and_eof(monkeypatch, capsys, tiny_l
         "5",
         "--debug",
     ]
-    lines = "What is in the image?\n/scale 10\n/scale 9\nAnd the colour?\n\n/help\n/reset\nAgain?\n"
+    lines = "What is in the image?\n/scale 10\n/scale lots\n/scale 9\nAnd the colour?\n\n/help\n/reset\nAgain?\n"
     out = chat(monkeypatch, capsys, argv, io.StringIO(lines))
     assert "matryoshka_vis_token_scale=36: 36 visual tokens for this image" in out
     assert "error: matryoshka_vis_token_scale=10 is not a valid" in out and "valid values" in out
+    assert "error: /scale takes an integer budget, e.g. /scale 9; valid values: [1, 4, 9" in out
     assert "matryoshka_vis_token_scale=9: 9 visual tokens for this image" in out
     # Each turn re-reads the whole conversation at the budget of the moment.
     prompts = [line for line in out.splitlines() if line.startswith("[prompt:")]

@@ -8,15 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from llava.serve.engine import (
-    GenerationChunk,
-    InferenceEngine,
-    Job,
-    PerRowSampling,
-    SamplingParams,
-    top_p_filter,
-)
-from llava.serve.errors import RequestError
+from llava.generation import PerRowSampling, SamplingParams, top_p_filter
+from llava.serve.engine import GenerationChunk, InferenceEngine, Job
+from llava.serve.http import RequestError
 
 PROMPT = "USER: <image>\nWhat is in the image? ASSISTANT:"
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=6)
@@ -68,7 +62,8 @@ def test_anyres_counts_the_crops_and_refuses_a_prompt_over_the_context(anyres_en
     ("prompt", "images", "scale", "expected"),
     [
         (PROMPT, 1, 10, "valid values: [1, 4, 9, 16, 36, 64, 144, 576]"),
-        (PROMPT, 1, "lots", "valid values"),
+        (PROMPT, 1, "36", "must be an int, got str '36'"),
+        (PROMPT, 1, [9, 36], "must be an int, got list"),
         ("USER: hi ASSISTANT:", 1, 9, "0 <image> placeholder(s) but 1 image(s)"),
         (PROMPT, 2, 9, "1 <image> placeholder(s) but 2 image(s)"),
         (PROMPT, 0, 9, "1 <image> placeholder(s) but 0 image(s)"),

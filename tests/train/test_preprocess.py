@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation, SeparatorStyle
+from llava.model.builder import load_tokenizer
 from llava.testing import build_tiny_tokenizer
 from llava.train.preprocess import ConversationTemplate, TemplateMismatchError, preprocess, render_conversation
 
@@ -15,6 +18,9 @@ TURNS = [
     {"from": "human", "value": "how many?"},
     {"from": "gpt", "value": "two"},
 ]
+
+# Llama-style sentencepiece tokenizers saved by transformers 4 (see tests/fixtures/make_tokenization_fixture.py).
+SENTENCEPIECE_TOKENIZERS = Path(__file__).parents[1] / "fixtures" / "tokenization"
 
 # What each template trains on: the answers plus the separator that ends them.
 EXPECTED_TARGETS = {
@@ -46,6 +52,17 @@ def test_labels_are_exactly_the_assistant_turns(tokenizer, name):
     assert input_ids.count(IMAGE_TOKEN_INDEX) == 1 and IMAGE_TOKEN_INDEX not in labels
     assert labelled_text(tokenizer, labels) == "".join(EXPECTED_TARGETS[name])
     # Labelled positions hold the input token itself (the model shifts), everything else is masked.
+    assert all(label in (IGNORE_INDEX, token) for token, label in zip(input_ids, labels))
+
+
+@pytest.mark.parametrize("variant", ["legacy-true", "legacy-false"])
+@pytest.mark.parametrize("name", ["v1", "llama_2", "mistral"])
+def test_sentencepiece_labels_are_the_assistant_turns(name, variant):
+    """Turns after "</s>" start with "▁USER" (legacy) or "USER": either way the answers are found exactly."""
+    tokenizer = load_tokenizer(str(SENTENCEPIECE_TOKENIZERS / variant))
+    input_ids, labels = preprocess(TURNS, ConversationTemplate.from_name(name), tokenizer, num_images=1)
+    labelled = tokenizer.convert_ids_to_tokens([t for t in labels if t != IGNORE_INDEX])
+    assert "".join(labelled) == "".join(EXPECTED_TARGETS[name]).replace(" ", "▁")
     assert all(label in (IGNORE_INDEX, token) for token, label in zip(input_ids, labels))
 
 

