@@ -46,6 +46,7 @@ from llava.eval.scoring.common import ScoringError, read_jsonl
 from llava.generation import Generator, PromptBatch, SamplingParams, add_scale_argument, default_device
 from llava.mm_utils import get_model_name_from_path, load_image, load_image_from_base64, process_images
 from llava.model.builder import load_pretrained_model
+from llava.model.cpu_packing import prepare_for_inference
 from llava.model.llava_arch import EncodedImages
 
 logger = logging.getLogger(__name__)
@@ -249,6 +250,7 @@ def load_model(
     name = get_model_name_from_path(model_path)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     tokenizer, model, image_processor, _ = load_pretrained_model(model_path, model_base, name, device=device, **kwargs)
+    prepare_for_inference(model)
     return Generator(tokenizer, model, image_processor, name, conv_mode)
 
 
