@@ -46,6 +46,7 @@ from llava.eval.scoring.common import ScoringError, read_jsonl
 from llava.generation import Generator, PromptBatch, SamplingParams, add_scale_argument, default_device
 from llava.mm_utils import get_model_name_from_path, load_image, load_image_from_base64, process_images
 from llava.model.builder import load_pretrained_model
+from llava.model.cpu_packing import prepare_for_inference
 from llava.model.llava_arch import EncodedImages
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,10 @@ class Query:
     """One prompt about a sample's image and the fields its answer line carries.
 
     `text` is the user turn without the image marker (the harness adds it when the sample has an
-    image). `fields` go into the answer line before `text`: at least `prompt`, the question as the
-    scorers read it. `followup`, when set, asks a second time: the prompt plus the first answer
+    image and lays the turn out with the run's template), or, with `raw`, the whole prompt as a
+    benchmark fixes it (IG-VLM's video prompts), only its `<image>` marker formatted for the
+    checkpoint. `fields` go into the answer line before `text`: at least `prompt`, the question as
+    the scorers read it. `followup`, when set, asks a second time: the prompt plus the first answer
     plus `followup` (LLaVA's ScienceQA answer prompter).
     """
 
@@ -79,6 +82,7 @@ class Query:
     fields: dict[str, Any]
     round_idx: int | None = None
     followup: str | None = None
+    raw: bool = False
 
     @property
     def key(self) -> AnswerKey:
@@ -246,6 +250,7 @@ def load_model(
     name = get_model_name_from_path(model_path)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     tokenizer, model, image_processor, _ = load_pretrained_model(model_path, model_base, name, device=device, **kwargs)
+    prepare_for_inference(model)
     return Generator(tokenizer, model, image_processor, name, conv_mode)
 
 
@@ -296,7 +301,7 @@ class Answerer:
         encoded = self.generator.encode([batch[i].pixels for i in with_image])
         image_of = {sample: index for index, sample in enumerate(with_image)}
         prompts = {
-            (i, j): self.generator.prompt(q.text, int(i in image_of))
+            (i, j): q.text if q.raw else self.generator.prompt(q.text, int(i in image_of))
             for i, p in enumerate(batch)
             for j, q in enumerate(p.sample.queries)
         }

@@ -26,6 +26,7 @@ from llava.data import shapes
 from llava.generation import Generator, PromptBatch, SamplingParams
 from llava.mm_utils import get_model_name_from_path
 from llava.model.builder import load_pretrained_model
+from llava.model.cpu_packing import prepare_for_inference
 from llava.model.matryoshka import TRAINED_SCALES, parse_scales
 from llava.optional import optional_dependency
 
@@ -76,6 +77,7 @@ def evaluate(
     data_dir = Path(data_dir)
     name = get_model_name_from_path(str(model_path))
     tokenizer, model, image_processor, _ = load_pretrained_model(str(model_path), None, name, device=device)
+    prepare_for_inference(model)
     records = shapes.generate_split(data_dir, "test", num_images, seed, model.get_vision_tower().image_size)
     generator = Generator(tokenizer, model, image_processor, name)
     predictions = answer_all(records, data_dir, generator, scales, batch_size)

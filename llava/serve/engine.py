@@ -129,6 +129,7 @@ class InferenceEngine:
         """Load a checkpoint with `load_pretrained_model` and wrap it."""
         from llava.mm_utils import get_model_name_from_path
         from llava.model.builder import load_pretrained_model
+        from llava.model.cpu_packing import prepare_for_inference
 
         model_name = model_name or get_model_name_from_path(model_path)
         tokenizer, model, image_processor, context_len = load_pretrained_model(
@@ -140,8 +141,8 @@ class InferenceEngine:
             device=device,
             use_flash_attn=use_flash_attn,
             torch_compile=torch_compile,
-            cpu_weight_prepack=cpu_weight_prepack,
         )
+        prepare_for_inference(model, cpu_weight_prepack)
         return cls(tokenizer, model, image_processor, context_len, model_name, **engine_kwargs)
 
     @classmethod
