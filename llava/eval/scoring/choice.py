@@ -1,13 +1,15 @@
 """Multiple-choice answers: the option letter a free-form answer picks (ScienceQA, SEED-Bench, MMBench),
-and the letters of an answers file for the questions of a benchmark (ScienceQA, SEED-Bench).
+and the choices read from an answers file for the questions of a benchmark, with the unreadable and
+unanswered ones counted (ScienceQA, SEED-Bench, the video benchmarks).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from llava.eval.scoring.common import Answer
 
@@ -45,38 +47,39 @@ def _plain(text: str) -> str:
     return " ".join(text.lower().rstrip(".").split())
 
 
-@dataclass(frozen=True)
-class Letters:
-    """What `read_letters` read: the letter per answered question (None when unreadable), the answer
-    texts no letter could be read from, and how many questions have no answer."""
+C = TypeVar("C")
 
-    letters: dict[str, str | None]
+
+@dataclass(frozen=True)
+class Choices(Generic[C]):
+    """What `read_choices` read: the choice per answered question (None when unreadable), the answer
+    texts no choice could be read from, and how many questions have no answer."""
+
+    chosen: dict[str, C | None]
     unreadable: dict[str, str]
     missing: int
 
 
-def read_letters(
-    answers: Mapping[str, Answer],
-    question_ids: Sequence[str],
-    what: str,
-    letters: Mapping[str, str] | None = None,
-) -> Letters:
-    """Read the option letter of each answer to one of `question_ids`, in answers-file order.
+def read_choices(
+    answers: Mapping[str, Answer], question_ids: Sequence[str], what: str, read: Callable[[str, str], C | None]
+) -> Choices[C]:
+    """Read the choice of each answer to one of `question_ids`, in answers-file order.
 
-    `letters` gives the valid letters per question ("ABCD" when not given); a letter outside them is
-    unreadable. Unanswered questions count as wrong in the scorers that use this, as in LLaVA's: they
-    are counted, and logged as a warning that names them as `what` ("problems of split 'test'").
+    `read(question_id, text)` is the benchmark's reading of one answer (a letter, an option index),
+    None when it finds no valid choice. Unanswered questions count as wrong in every scorer that
+    uses this, as in LLaVA's and IG-VLM's: they are counted, and logged as a warning that names
+    them as `what` ("problems of split 'test'").
     """
     wanted = set(question_ids)
-    read: dict[str, str | None] = {}
+    chosen: dict[str, C | None] = {}
     unreadable: dict[str, str] = {}
     for qid, answer in answers.items():
         if qid not in wanted:
             continue
-        read[qid] = parse_option_letter(answer.text, letters[qid] if letters is not None else "ABCD")
-        if read[qid] is None:
+        chosen[qid] = read(qid, answer.text)
+        if chosen[qid] is None:
             unreadable[qid] = answer.text
-    missing = len(question_ids) - len(read)
+    missing = len(question_ids) - len(chosen)
     if missing:
         logger.warning("%d of %d %s have no answer; counted wrong", missing, len(question_ids), what)
-    return Letters(read, unreadable, missing)
+    return Choices(chosen, unreadable, missing)

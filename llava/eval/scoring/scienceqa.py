@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from llava.eval.scoring.choice import read_letters
+from llava.eval.scoring.choice import parse_option_letter, read_choices
 from llava.eval.scoring.common import (
     ScoringError,
     add_output_arguments,
@@ -98,8 +98,10 @@ def evaluate(
             raise ScoringError(f"{problems_file}: problem {pid!r} needs an int 'answer' and a 'choices' list")
     answers = read_answers_by_id(answers_file, set(pids), f"split {split!r} of {split_file}")
     letters = {pid: string.ascii_uppercase[: len(problems[pid]["choices"])] for pid in pids}
-    read = read_letters(answers, pids, f"problems of split {split!r}", letters)
-    scores = score(read.letters, problems, pids)
+    read = read_choices(
+        answers, pids, f"problems of split {split!r}", lambda pid, text: parse_option_letter(text, letters[pid])
+    )
+    scores = score(read.chosen, problems, pids)
     results = {
         "benchmark": "scienceqa",
         "metric": "accuracy",

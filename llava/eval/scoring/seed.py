@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from llava.eval.scoring.choice import read_letters
+from llava.eval.scoring.choice import parse_option_letter, read_choices
 from llava.eval.scoring.common import (
     ScoringError,
     add_output_arguments,
@@ -55,12 +55,13 @@ def evaluate(
     selected = [q for q in questions if data_type == "all" or q.get("data_type", "image") == data_type]
     if not selected:
         raise ScoringError(f"{questions_file}: no questions with data_type {data_type!r}")
-    read = read_letters(answers, [str(q["question_id"]) for q in selected], f"{data_type} questions")
+    ids = [str(q["question_id"]) for q in selected]
+    read = read_choices(answers, ids, f"{data_type} questions", lambda _, text: parse_option_letter(text))
     per_sample: dict[str, bool] = {}
     per_type: dict[int, list[bool]] = defaultdict(list)
     for question in selected:
         qid = str(question["question_id"])
-        per_sample[qid] = read.letters.get(qid) == question["answer"]
+        per_sample[qid] = read.chosen.get(qid) == question["answer"]
         per_type[int(question["question_type_id"])].append(per_sample[qid])
     results = {
         "benchmark": "seed",
