@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llava.eval.scoring import gqa, llava_bench, mmvet, pope, scienceqa, seed, textvqa, vizwiz, vqav2
-from llava.eval.scoring.common import ScoringError, mean, percent, read_answers_by_id, read_questions
+from llava.eval.scoring.common import ScoringError, mean, percent, read_answers_by_id, read_question_jsonl
 
 
 def test_answers_by_id_stop_at_the_first_bad_line(write_answers) -> None:
@@ -27,7 +27,7 @@ def test_answers_by_id_without_known_questions(write_answers) -> None:
 
 def test_question_file_keyed_by_string_id_in_file_order(write_jsonl) -> None:
     path = write_jsonl("q.jsonl", [{"question_id": 2, "image": "b.jpg"}, {"question_id": "1", "image": "a.jpg"}])
-    questions = read_questions(path, ["image"])
+    questions = read_question_jsonl(path, ["image"])
     assert list(questions) == ["2", "1"]
     assert questions["2"]["image"] == "b.jpg"
 
@@ -35,10 +35,10 @@ def test_question_file_keyed_by_string_id_in_file_order(write_jsonl) -> None:
 def test_question_file_errors_name_the_line(write_jsonl) -> None:
     no_image = write_jsonl("no_image.jsonl", [{"question_id": 0, "image": "a"}, {"question_id": 1}])
     with pytest.raises(ScoringError, match=r"no_image.jsonl:2: question needs 'question_id' and 'image' \(keys"):
-        read_questions(no_image, ["image"])
+        read_question_jsonl(no_image, ["image"])
     repeated = write_jsonl("repeated.jsonl", [{"question_id": 0}, {"question_id": "0"}])
     with pytest.raises(ScoringError, match=r"repeated.jsonl:2: duplicate question_id '0'"):
-        read_questions(repeated)
+        read_question_jsonl(repeated)
 
 
 def test_every_question_file_reader_refuses_a_repeated_id(write_jsonl, write_answers, tmp_path) -> None:

@@ -113,7 +113,7 @@ def read_answers_by_id(path: str | Path, known: Collection[str] | None = None, k
     return index_answers(read_answers(path), path, known, known_as)
 
 
-def read_questions(path: str | Path, fields: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+def read_question_jsonl(path: str | Path, fields: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """A LLaVA question JSONL keyed by question id (a string), in file order.
 
     Every line needs `question_id` and each of `fields`; a question id given twice is an error: the

@@ -95,7 +95,7 @@ def summarize(reviews: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float
 
 
 def _index_jsonl(path: str | Path, key: str) -> dict[str, dict[str, Any]]:
-    """Rows keyed by `key`; unlike a question file (`read_questions`), a repeated key is not an error:
+    """Rows keyed by `key`; unlike a question file (`read_question_jsonl`), a repeated key is not an error:
     the context file is keyed by image, and LLaVA's reviewer lets a later line win."""
     rows: dict[str, dict[str, Any]] = {}
     for number, row in read_jsonl(path):

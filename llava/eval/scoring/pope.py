@@ -34,7 +34,7 @@ from llava.eval.scoring.common import (
     print_metrics,
     read_answers,
     read_jsonl,
-    read_questions,
+    read_question_jsonl,
     run_cli,
     write_outputs,
 )
@@ -107,7 +107,7 @@ def read_labels(path: str | Path) -> list[tuple[int, str, str]]:
 
 def read_categories(path: str | Path) -> dict[str, str]:
     """Split name (`category`) per question id of LLaVA's POPE question file."""
-    return {qid: row["category"] for qid, row in read_questions(path, ["category"]).items()}
+    return {qid: row["category"] for qid, row in read_question_jsonl(path, ["category"]).items()}
 
 
 def pair_split(

@@ -18,13 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llava.eval.scoring.common import ScoringError, read_json, read_questions, run_cli
+from llava.eval.scoring.common import ScoringError, read_json, read_question_jsonl, run_cli
 from llava.eval.scoring.vqa import evaluate_vqa, fill_submission, human_answers, run_vqa_command, vqa_parser
 
 
 def read_images(question_file: str | Path) -> dict[str, str]:
     """Image file name per question id (string), in question-file order."""
-    return {qid: row["image"] for qid, row in read_questions(question_file, ["image"]).items()}
+    return {qid: row["image"] for qid, row in read_question_jsonl(question_file, ["image"]).items()}
 
 
 def load_annotations(path: str | Path) -> tuple[dict[str, list[str]], dict[str, str]]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llava.eval.scoring.common import ScoringError, read_json, read_questions, run_cli
+from llava.eval.scoring.common import ScoringError, read_json, read_question_jsonl, run_cli
 from llava.eval.scoring.vqa import evaluate_vqa, fill_submission, human_answers, run_vqa_command, vqa_parser
 
 
@@ -33,7 +33,7 @@ def load_annotations(path: str | Path) -> tuple[dict[str, list[str]], dict[str, 
 def read_question_ids(path: str | Path) -> list[Any]:
     """Question ids, in file order, from a LLaVA question JSONL or an official `{"questions": [...]}` file."""
     if str(path).endswith(".jsonl"):
-        return list(read_questions(path))
+        return list(read_question_jsonl(path))
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
         raise ScoringError(f"{path}: expected LLaVA question JSONL or a VQA questions file {{'questions': [...]}}")
