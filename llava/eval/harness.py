@@ -54,6 +54,7 @@ from llava.eval.scoring.common import ScoringError, read_jsonl
 from llava.generation import Generator, PromptBatch, SamplingParams, add_scale_argument, default_device
 from llava.mm_utils import get_model_name_from_path, load_image, load_image_from_base64, process_images
 from llava.model.builder import load_pretrained_model
+from llava.model.cpu_packing import prepare_for_inference
 from llava.model.llava_arch import EncodedImages
 from llava.scale_policy import AUTO, AutoScale, ScalePolicy
 
@@ -83,8 +84,10 @@ class Query:
     """One prompt about a sample's image and the fields its answer line carries.
 
     `text` is the user turn without the image marker (the harness adds it when the sample has an
-    image). `fields` go into the answer line before `text`: at least `prompt`, the question as the
-    scorers read it. `followup`, when set, asks a second time: the prompt plus the first answer
+    image and lays the turn out with the run's template), or, with `raw`, the whole prompt as a
+    benchmark fixes it (IG-VLM's video prompts), only its `<image>` marker formatted for the
+    checkpoint. `fields` go into the answer line before `text`: at least `prompt`, the question as
+    the scorers read it. `followup`, when set, asks a second time: the prompt plus the first answer
     plus `followup` (LLaVA's ScienceQA answer prompter).
     """
 
@@ -93,6 +96,7 @@ class Query:
     fields: dict[str, Any]
     round_idx: int | None = None
     followup: str | None = None
+    raw: bool = False
 
     @property
     def key(self) -> AnswerKey:
@@ -260,6 +264,7 @@ def load_model(
     name = get_model_name_from_path(model_path)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     tokenizer, model, image_processor, _ = load_pretrained_model(model_path, model_base, name, device=device, **kwargs)
+    prepare_for_inference(model)
     return Generator(tokenizer, model, image_processor, name, conv_mode)
 
 
@@ -346,7 +351,7 @@ class Answerer:
         encoded = _Encoded(batch, images, {s: k for k, s in enumerate(with_image)}, 0.0)
         encoded.seconds_per_query = (time.perf_counter() - start) / max(num_queries, 1)
         prompts = {
-            (i, j): self.generator.prompt(q.text, int(i in encoded.image_of))
+            (i, j): q.text if q.raw else self.generator.prompt(q.text, int(i in encoded.image_of))
             for i, p in enumerate(batch)
             for j, q in enumerate(p.sample.queries)
         }

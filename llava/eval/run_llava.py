@@ -26,6 +26,7 @@ from llava.generation import (
 )
 from llava.mm_utils import get_model_name_from_path, load_image
 from llava.model.builder import load_pretrained_model
+from llava.model.cpu_packing import prepare_for_inference
 from llava.scale_policy import AutoScale, ScalePolicy
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ def eval_model(args: Any) -> str:
         load_4bit=run.load_4bit,
         device=run.device or default_device(),
     )
+    prepare_for_inference(model)
     generator = Generator(tokenizer, model, image_processor, model_name, run.conv_mode)
     images = [load_image(f) for f in run.image_file.split(run.sep)] if run.image_file else []
     input_ids = generator.tokenize(generator.prompt(run.query, len(images)))

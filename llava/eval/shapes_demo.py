@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image
 
 from llava.adaptive import AdaptiveAnswer, answer_adaptive, answer_every_scale, checkpoint_policy
@@ -38,8 +36,14 @@ from llava.eval.sweep import oracle
 from llava.generation import Generator, PromptBatch, SamplingParams
 from llava.mm_utils import get_model_name_from_path
 from llava.model.builder import load_pretrained_model
+from llava.model.cpu_packing import prepare_for_inference
 from llava.model.matryoshka import TRAINED_SCALES, parse_scales
+from llava.optional import optional_dependency
 from llava.scale_policy import ScalePolicy, load_checkpoint_policy
+
+with optional_dependency():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +137,7 @@ def run_demo(
     data_dir = Path(data_dir)
     name = get_model_name_from_path(str(model_path))
     tokenizer, model, image_processor, _ = load_pretrained_model(str(model_path), None, name, device=device)
+    prepare_for_inference(model)
     records = shapes.generate_split(data_dir, "test", num_images, seed, model.get_vision_tower().image_size)
     generator = Generator(tokenizer, model, image_processor, name)
     policy = checkpoint_policy(model, model_path) if adaptive else None

@@ -41,8 +41,11 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from llava.optional import optional_dependency
+
+with optional_dependency():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
 from llava.eval.calibrate_scale import CalibrationError, PolicyOutcome, read_results, threshold_curve
 from llava.eval.scoring.common import ScoringError, read_jsonl

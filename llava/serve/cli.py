@@ -29,9 +29,9 @@ from llava.generation import (
 )
 from llava.mm_utils import load_image
 from llava.scale_policy import ScalePolicy
+from llava.serve.args import add_loading_arguments
 from llava.serve.engine import GenerationChunk, InferenceEngine, Job
-from llava.serve.errors import RequestError
-from llava.serve.service import add_loading_arguments
+from llava.serve.http import RequestError
 
 logger = logging.getLogger(__name__)
 

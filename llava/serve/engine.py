@@ -31,16 +31,13 @@ from PIL import Image
 from transformers import StoppingCriteria
 
 from llava.adaptive import AdaptiveAnswer, answer_adaptive, check_policy, default_policy
-from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_MAX_IMAGES, DEFAULT_MAX_NEW_TOKENS_LIMIT, IMAGE_TOKEN_INDEX
 from llava.generation import Generator, PromptBatch, SamplingParams, first_stop
 from llava.model.matryoshka import TRAINED_SCALES, valid_scales
 from llava.scale_policy import AutoScale, ScalePolicy, load_checkpoint_policy
-from llava.serve.errors import RequestError
+from llava.serve.http import RequestError
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_NEW_TOKENS_LIMIT = 1024
-DEFAULT_MAX_IMAGES = 8
 
 
 @dataclass
@@ -148,6 +145,7 @@ class InferenceEngine:
         """Load a checkpoint with `load_pretrained_model` and wrap it."""
         from llava.mm_utils import get_model_name_from_path
         from llava.model.builder import load_pretrained_model
+        from llava.model.cpu_packing import prepare_for_inference
 
         model_name = model_name or get_model_name_from_path(model_path)
         stored = load_checkpoint_policy(model_path)
@@ -161,8 +159,8 @@ class InferenceEngine:
             device=device,
             use_flash_attn=use_flash_attn,
             torch_compile=torch_compile,
-            cpu_weight_prepack=cpu_weight_prepack,
         )
+        prepare_for_inference(model, cpu_weight_prepack)
         return cls(tokenizer, model, image_processor, context_len, model_name, **engine_kwargs)
 
     @classmethod

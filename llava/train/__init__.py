@@ -6,5 +6,6 @@ data.py       records: loading, early validation, the lazy dataset and the colla
 sampler.py    the modality-grouped length sampler
 model_setup.py building the model to train: start point, freezing, LoRA / QLoRA, ZeRO-3-safe loading
 trainer.py    `LLaVATrainer`: per-module learning rates, per-scale loss logging, saving in the released format
+checkpoints.py checkpoints published whole, and resuming from the newest complete one
 train.py      `main(argv=None)`
 """

@@ -2,9 +2,10 @@
 
 A record is `{"id", "image" (optional: a path or a list of paths), "conversations": [{"from":
 "human"|"gpt", "value"}, ...]}`, one per list entry of a .json file or per line of a .jsonl file.
-Building `LazySupervisedDataset` checks every record before training starts and raises
-`DataValidationError` listing each bad record's index and the reason (missing image file,
-`<image>` count not matching the images, empty or non-alternating conversation). It also counts
+Building `LazySupervisedDataset` checks the file (UTF-8, valid JSON, not empty) and every record
+before training starts, and raises `DataValidationError` listing each bad record's index, id and the
+reason (missing or unreadable image file, `<image>` count not matching the images, empty or
+non-alternating conversation); every image is opened and verified, not decoded. It also counts
 each sample's tokens exactly, visual tokens at the largest training budget included, and truncates
 or drops over-long samples (`--overlong_samples`).
 """
@@ -14,7 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ from llava.train.preprocess import (
 logger = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 20
+IMAGE_CHECK_THREADS = 16
 TEMPLATE_CHECK_RECORDS = 64
 Size = tuple[int, int]
 
@@ -45,27 +49,68 @@ class DataValidationError(ValueError):
     """One or more records cannot be trained on; the message lists `record <index>: <reason>`."""
 
 
-def load_records(data_path: str | Path) -> list[dict[str, Any]]:
-    """The records of a LLaVA .json list or a .jsonl file (one JSON object per line)."""
+def load_records(data_path: str | Path) -> list[Any]:
+    """The records of a LLaVA .json list or a .jsonl file (one JSON object per line).
+
+    A file that is not UTF-8 (a BOM is accepted), not valid JSON, or holds no records is a
+    `DataValidationError` naming the file and the line and column.
+    """
     path = Path(data_path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"--data_path {path} does not exist")
-    if path.suffix == ".jsonl":
-        records = []
-        with path.open(encoding="utf-8") as f:
-            for line_number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataValidationError(f"{path}: line {line_number} is not valid JSON: {e}") from e
-        return records
-    with path.open(encoding="utf-8") as f:
-        data = json.load(f)
+    if not path.is_file():
+        raise DataValidationError(f"--data_path {path} is not a file; give a .json list of records or a .jsonl file")
+    text = _decode_utf8(path, path.read_bytes())
+    records = _parse_jsonl(path, text) if path.suffix == ".jsonl" else _parse_json(path, text)
+    if not records:
+        layout = "one record per line" if path.suffix == ".jsonl" else "a JSON list of records"
+        raise DataValidationError(f"{path}: holds no records; expected {layout}")
+    return records
+
+
+def _decode_utf8(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise DataValidationError(
+            f"{path}: not UTF-8 text: byte 0x{data[e.start]:02x} at line {line}, column {column}; save the file as UTF-8"
+        ) from e
+
+
+def _parse_json(path: Path, text: str) -> list[Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.pos >= len(text.rstrip()):
+            hint = "; the file ends in the middle of the data (cut off while being written or copied?)"
+        elif e.msg == "Extra data":
+            hint = "; it holds several JSON values: for JSON Lines (one record per line) name the file .jsonl"
+        else:
+            hint = ""
+        raise DataValidationError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}{hint}") from e
     if not isinstance(data, list):
         raise DataValidationError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data
+
+
+def _parse_jsonl(path: Path, text: str) -> list[Any]:
+    # Split on newlines only: JSON strings may hold other line separators (U+2028) unescaped.
+    lines = text.split("\n")
+    last = max((n for n, line in enumerate(lines, start=1) if line.strip()), default=0)
+    records = []
+    for line_number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            hint = " (the last line: cut off while being written or copied?)" if line_number == last else ""
+            raise DataValidationError(
+                f"{path}: line {line_number} (record {len(records)}) is not valid JSON{hint}: {e}"
+            ) from e
+    return records
 
 
 def record_images(record: dict[str, Any]) -> list[str]:
@@ -119,6 +164,22 @@ def check_record(record: Any, image_folder: str | None, multimodal: bool) -> str
         if not os.path.isfile(path):
             return f"image file not found: {path}"
     return None
+
+
+def inspect_image(path: str) -> tuple[Size | None, str | None]:
+    """(width, height) of the image at `path`, or why it is not a readable image.
+
+    Opens the file and verifies its structure (PIL `verify`: headers, and chunk checksums for PNG)
+    without decoding pixels, so a non-image or a damaged header is found before training; damage
+    inside the compressed pixel data of a JPEG shows only when the image is decoded.
+    """
+    try:
+        with Image.open(path) as image:
+            size = image.size
+            image.verify()
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as e:
+        return None, f"{path} is not a readable image ({type(e).__name__}: {e})"
+    return size, None
 
 
 @dataclass(frozen=True)
@@ -218,16 +279,37 @@ class LazySupervisedDataset(Dataset):
     # -- construction ------------------------------------------------------------------------
 
     def _validate(self, records: list[Any]) -> None:
-        errors = []
+        """Every record's fields, then every image's header (opened and verified, not decoded)."""
+        multimodal = self.visual_budget is not None
+        reasons = {}
         for index, record in enumerate(records):
-            reason = check_record(record, self.image_folder, self.visual_budget is not None)
+            reason = check_record(record, self.image_folder, multimodal)
             if reason is not None:
-                errors.append(f"record {index} (id={_record_id(record)!r}): {reason}")
-        if errors:
+                reasons[index] = reason
+        unreadable = self._inspect_images([r for i, r in enumerate(records) if i not in reasons])
+        for index, record in enumerate(records):
+            if index in reasons:
+                continue
+            problems = [unreadable[path] for path in map(self._image_path, record_images(record)) if path in unreadable]
+            if problems:
+                reasons[index] = problems[0]
+        if reasons:
+            errors = [f"record {i} (id={_record_id(records[i])!r}): {reasons[i]}" for i in sorted(reasons)]
             shown = "\n  ".join(errors[:MAX_REPORTED_ERRORS])
             more = f"\n  ... and {len(errors) - MAX_REPORTED_ERRORS} more" if len(errors) > MAX_REPORTED_ERRORS else ""
             raise DataValidationError(f"{self.data_path}: {len(errors)} bad record(s):\n  {shown}{more}")
         self.records = records
+
+    def _inspect_images(self, records: list[dict[str, Any]]) -> dict[str, str]:
+        """Open every image of `records` once (threads: the time goes to file reads); keeps their sizes.
+
+        Returns {path: why it cannot be read} for the unreadable ones.
+        """
+        paths = sorted({self._image_path(file) for record in records for file in record_images(record)})
+        with ThreadPoolExecutor(IMAGE_CHECK_THREADS) as pool:
+            results = list(pool.map(inspect_image, paths))
+        self.image_sizes = {path: size for path, (size, _) in zip(paths, results) if size is not None}
+        return {path: problem for path, (_, problem) in zip(paths, results) if problem is not None}
 
     def _count_tokens(self, records: list[dict[str, Any]], overlong: str) -> None:
         """Exact sample lengths (one batched tokenisation), then the over-long policy."""
@@ -282,11 +364,7 @@ class LazySupervisedDataset(Dataset):
         files = record_images(record)
         if not self.visual_budget.depends_on_size:
             return [self.visual_budget.tokens(None) for _ in files]
-        sizes = []
-        for file in files:
-            with Image.open(self._image_path(file)) as image:  # reads the header only
-                sizes.append(image.size)
-        return [self.visual_budget.tokens(size) for size in sizes]
+        return [self.visual_budget.tokens(self.image_sizes[self._image_path(file)]) for file in files]
 
     def _image_path(self, file: str) -> str:
         return os.path.join(self.image_folder, file) if self.image_folder else file
@@ -327,7 +405,10 @@ class LazySupervisedDataset(Dataset):
         }
         files = record_images(record)
         if files:
-            images = [load_image(self._image_path(f)) for f in files]
+            try:
+                images = [load_image(self._image_path(f)) for f in files]
+            except (ValueError, FileNotFoundError) as e:  # verified at the start: damaged pixel data, or changed since
+                raise DataValidationError(f"{self.data_path}: record {index} (id={_record_id(record)!r}): {e}") from e
             pixels = process_images(images, self.image_processor, self.image_config)
             sample["images"] = list(pixels)
             sample["image_sizes"] = [image.size for image in images]

@@ -4,7 +4,8 @@ Runs the same under `torchrun --nproc_per_node N -m llava.train.train` and `deep
 llava.train.train` (with `--deepspeed scripts/zero3.json`). With `--matryoshka_vis_token_scale
 "1,9,36,144,576"` the loss is the M3 objective: the mean over the budgets of the language-model
 loss, the vision tower and projector running once per step. If `--output_dir` already holds
-`checkpoint-*` folders the run resumes from the latest (same step, same data order), as LLaVA does.
+`checkpoint-*` folders the run resumes from the newest complete one (same step, same data order), as
+LLaVA does; folders cut off by a kill mid-save are skipped with a warning (see `llava.train.checkpoints`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
+from llava.optional import optional_dependency
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
+from llava.train.checkpoints import last_complete_checkpoint, remove_unfinished, require_complete
 from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, VisualTokenBudget
 from llava.train.model_setup import build_model, load_image_processor, load_tokenizer
 from llava.train.preprocess import ConversationTemplate
@@ -77,11 +79,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
 
 
 def resume_checkpoint(training_args: TrainingArguments) -> str | None:
-    """`--resume_from_checkpoint`, else the latest `checkpoint-*` in the output folder, else None."""
+    """`--resume_from_checkpoint` (which must be complete), else the newest complete `checkpoint-*` in the
+    output folder, else None. The main process deletes what a save killed mid-way left behind."""
+    output_dir = Path(training_args.output_dir) if training_args.output_dir else None
+    if output_dir is not None and output_dir.is_dir() and training_args.should_save:
+        remove_unfinished(output_dir)
     if training_args.resume_from_checkpoint:
-        return training_args.resume_from_checkpoint
-    if training_args.output_dir and Path(training_args.output_dir).is_dir():
-        return get_last_checkpoint(training_args.output_dir)
+        return require_complete(training_args.resume_from_checkpoint)
+    if output_dir is not None and output_dir.is_dir():
+        return last_complete_checkpoint(output_dir)
     return None
 
 
@@ -91,7 +97,8 @@ def _init_deepspeed_comm(training_args: TrainingArguments) -> None:
     Accelerate does this itself on GPUs; with `--use_cpu` (DS_ACCELERATOR=cpu, gloo) it sets up
     torch.distributed alone and `deepspeed.zero.Init` would believe it runs on one process.
     """
-    import deepspeed
+    with optional_dependency():
+        import deepspeed
 
     if training_args.world_size > 1 and not deepspeed.comm.is_initialized():
         deepspeed.init_distributed(dist_backend=training_args.ddp_backend or "gloo", auto_mpi_discovery=False)

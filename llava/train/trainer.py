@@ -5,7 +5,8 @@
 - the per-budget losses of the M3 objective, logged next to the loss as `loss_<scale>`;
 - saving in the released on-disk format: full checkpoints (the tower's weights only when it was
   trained), `mm_projector.bin` for projector pretraining, the LoRA adapter plus
-  `non_lora_trainables.bin`; with the image processor, so `load_pretrained_model` opens them.
+  `non_lora_trainables.bin`; with the image processor, so `load_pretrained_model` opens them;
+- checkpoints published whole (see `llava.train.checkpoints`), so a run killed mid-save resumes.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ import torch
 from torch import nn
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, rotate_checkpoints
 
+from llava.model.builder import load_weight_file
+from llava.optional import optional_dependency
+from llava.train.checkpoints import PROJECTOR_FILE, UNFINISHED_DIR, publish, remove_unfinished
 from llava.train.model_setup import gathered, load_projector_weights
 from llava.train.sampler import ModalityLengthGroupedSampler
 
 logger = logging.getLogger(__name__)
 
-PROJECTOR_FILE = "mm_projector.bin"
 NON_LORA_FILE = "non_lora_trainables.bin"
 PEFT_PREFIX = "base_model.model."
 
@@ -40,6 +44,7 @@ class LLaVATrainer(Trainer):
         self._loss_sums: dict[int, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
         self._idle_hook: torch.utils.hooks.RemovableHandle | None = None
         self._idle_features: torch.Tensor | None = None
+        self._writing_checkpoint = False
 
     # -- the model under the wrappers ---------------------------------------------------------
 
@@ -92,7 +97,8 @@ class LLaVATrainer(Trainer):
             optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             if self._offloads_optimizer():
                 # ZeRO-Offload steps on the CPU and insists on DeepSpeed's CPU Adam; keep our groups.
-                from deepspeed.ops.adam import DeepSpeedCPUAdam
+                with optional_dependency():
+                    from deepspeed.ops.adam import DeepSpeedCPUAdam
 
                 optimizer_cls = DeepSpeedCPUAdam
                 kwargs = {
@@ -203,6 +209,36 @@ class LLaVATrainer(Trainer):
             self.processing_class.save_pretrained(output_dir)
         self._save_image_processor(output_dir)
 
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """The Trainer's checkpoint, written under `_unfinished_checkpoints/` and renamed into place when whole.
+
+        Every process writes its part (RNG state, DeepSpeed shards) before the rename, and checkpoints
+        beyond `--save_total_limit` are deleted only after it, so a kill at any moment leaves the
+        previous checkpoint intact and no partial `checkpoint-N`. (LLaVA training has no evaluation
+        set, so the Trainer's best-checkpoint bookkeeping, which would look in the unfinished folder, never runs.)
+        """
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            remove_unfinished(run_dir)
+        self.accelerator.wait_for_everyone()
+        self._writing_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._writing_checkpoint = False
+        self.accelerator.wait_for_everyone()
+        if not self.args.should_save:
+            return
+        if self.args.push_to_hub and self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+            self._finish_current_push()  # the upload reads the folder that is about to be renamed
+        publish(run_dir / UNFINISHED_DIR / name, run_dir / name)
+        rotate_checkpoints(str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+
+    def _get_output_dir(self, trial: Any) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, UNFINISHED_DIR) if self._writing_checkpoint else run_dir
+
     def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Full checkpoint, or LoRA adapter + `non_lora_trainables.bin` + config; plus the image processor."""
         output_dir = output_dir or self.args.output_dir
@@ -262,9 +298,15 @@ class LLaVATrainer(Trainer):
             self.image_processor.save_pretrained(output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        """Projector-only checkpoints (pretraining) hold just `mm_projector.bin`; the rest is the base."""
+        """Projector-only checkpoints (pretraining) hold just `mm_projector.bin`; the rest is the base.
+
+        For LoRA the Trainer restores the adapter only; the projector and any other weights trained
+        next to it are in `non_lora_trainables.bin`.
+        """
         folder = Path(resume_from_checkpoint)
         if (folder / PROJECTOR_FILE).exists() and not any(folder.glob("model*.safetensors")):
             load_projector_weights(self.llava_model, folder / PROJECTOR_FILE)
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.is_lora and (folder / NON_LORA_FILE).exists():
+            load_weight_file(self.llava_model, folder / NON_LORA_FILE)

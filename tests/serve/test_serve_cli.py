@@ -101,7 +101,7 @@ def test_weight_packing_flag_is_auto_unless_given(tiny_llava_pad: Path):
 
     base = ["--model-path", str(tiny_llava_pad), "--device", "cpu"]
     for parse in (cli.parse_args, model_worker.parse_args):
-        assert parse(base).cpu_weight_prepack is None  # load_pretrained_model packs where it pays
+        assert parse(base).cpu_weight_prepack is None  # prepare_for_inference packs where it pays
         assert parse(base + ["--cpu-weight-prepack"]).cpu_weight_prepack is True
         assert parse(base + ["--no-cpu-weight-prepack"]).cpu_weight_prepack is False
 

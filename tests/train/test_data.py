@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import TEXT_ONLY_RECORDS, write_json
+from PIL import Image
+from train_helpers import TEXT_ONLY_RECORDS, run_args, write_json
 from transformers import AutoTokenizer
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -23,6 +25,7 @@ from llava.train.data import (
 )
 from llava.train.model_setup import load_image_processor
 from llava.train.preprocess import ConversationTemplate
+from llava.train.train import main
 
 IMAGE = "images/train_0.png"
 
@@ -89,6 +92,7 @@ BAD_RECORDS = {
         "turn 0 has unknown role 'bot'",
     ),
     "image in the answer": (qa("What?", answer="<image>", image=None), r"turn 1 \(gpt\) contains <image>"),
+    "image not a path": (qa("<image>\nWhat color?", image=[7]), "'image' must be a path or a list of paths"),
 }
 
 
@@ -199,3 +203,120 @@ def test_dropping_every_image_sample_is_an_error(make_dataset):
     """LLaVA's default --model_max_length 512 is shorter than one image at 576 tokens: say so, train nothing."""
     with pytest.raises(DataValidationError, match="no record with an image fits model_max_length=512"):
         make_dataset([qa("<image>\nWhat color?"), TEXT_ONLY_RECORDS[0]], max_length=512)
+
+
+# -- data a careless user hands `python -m llava.train.train`: refused before step 1, naming file, record and id --
+
+
+def train_on(tiny_llava_pad, train_data, data: Path, out: Path) -> None:
+    main(run_args(tiny_llava_pad, data, train_data.folder, out, max_steps=2))
+
+
+GOOD = json.dumps(qa("<image>\nWhat color?"))
+FRENCH = json.dumps(qa("<image>\nQuelle couleur?", answer="rouge foncé"), ensure_ascii=False)
+BAD_FILES = {
+    "empty list": (".json", b"[]", "holds no records; expected a JSON list of records"),
+    "empty jsonl": (".jsonl", b"\n\n", "holds no records; expected one record per line"),
+    "latin-1 json": (
+        ".json",
+        f"[{GOOD},\n {FRENCH}]".encode("latin-1"),
+        r"not UTF-8 text: byte 0xe9 at line 2, column \d+; save the file as UTF-8",
+    ),
+    "latin-1 jsonl": (
+        ".jsonl",
+        f"{GOOD}\n{GOOD}\n{FRENCH}\n".encode("latin-1"),
+        r"not UTF-8 text: byte 0xe9 at line 3, column \d+",
+    ),
+    "truncated json": (
+        ".json",
+        json.dumps([qa("<image>\nWhat color?")] * 3, indent=1).encode()[:-40],
+        r"not valid JSON at line \d+, column \d+: .*; the file ends in the middle of the data",
+    ),
+    "truncated jsonl": (
+        ".jsonl",
+        f"{GOOD}\n{GOOD}\n{GOOD[:30]}".encode(),
+        r"line 3 \(record 2\) is not valid JSON \(the last line: cut off while being written or copied\?\)",
+    ),
+    "json lines named .json": (
+        ".json",
+        f"{GOOD}\n{GOOD}\n".encode(),
+        r"not valid JSON at line 2, column 1: Extra data; .*for JSON Lines \(one record per line\) name the file .jsonl",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_unreadable_data_file_is_refused_naming_it(tiny_llava_pad, train_data, tmp_path, case):
+    suffix, content, message = BAD_FILES[case]
+    data = tmp_path / f"train{suffix}"
+    data.write_bytes(content)
+    with pytest.raises(DataValidationError, match=rf"^{re.escape(str(data))}: {message}"):
+        train_on(tiny_llava_pad, train_data, data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before anything was trained or written
+
+
+def test_data_path_that_is_a_folder_is_refused(tiny_llava_pad, train_data, tmp_path):
+    with pytest.raises(DataValidationError, match=rf"--data_path {re.escape(str(tmp_path))} is not a file"):
+        train_on(tiny_llava_pad, train_data, tmp_path, tmp_path / "out")
+
+
+@pytest.fixture(scope="module")
+def corrupt(train_data) -> dict[str, str]:
+    """Files a dataset can hold instead of its images, under the image folder; name → what PIL says."""
+    png = (train_data.folder / IMAGE).read_bytes()
+    bad = train_data.folder / "bad"
+    bad.mkdir(exist_ok=True)
+    (bad / "truncated.png").write_bytes(png[: len(png) // 2])
+    (bad / "zeroed.png").write_bytes(png[:60] + bytes(40) + png[100:])  # broken chunk checksum
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "notes.txt").write_text("not an image")
+    (bad / "page.png").write_text("<html><body>404 Not Found</body></html>")
+    return {
+        "bad/truncated.png": r"OSError: Truncated File Read",
+        "bad/zeroed.png": r"SyntaxError: broken PNG file",
+        "bad/empty.jpg": r"UnidentifiedImageError: cannot identify image file",
+        "bad/notes.txt": r"UnidentifiedImageError: cannot identify image file",
+        "bad/page.png": r"UnidentifiedImageError: cannot identify image file",
+    }
+
+
+def test_corrupt_images_and_non_images_are_refused_before_step_1(tiny_llava_pad, train_data, corrupt, tmp_path):
+    records = [qa("<image>\nWhat color?")] + [qa("<image>\nWhat?", image=path) for path in corrupt]
+    records.append(qa("<image> and <image>: same?", image=[IMAGE, "bad/notes.txt"]))
+    data = write_json(tmp_path / "train.json", records)
+    with pytest.raises(DataValidationError) as error:
+        train_on(tiny_llava_pad, train_data, data, tmp_path / "out")
+    lines = str(error.value).splitlines()
+    assert lines[0] == f"{data}: {len(corrupt) + 1} bad record(s):"
+    for line, (index, (path, reason)) in zip(lines[1:], enumerate(corrupt.items(), start=1)):
+        image = re.escape(str(train_data.folder / path))
+        assert re.fullmatch(
+            rf"  record {index} \(id='<image>\\nWhat\?'\): {image} is not a readable image \({reason}.*\)", line
+        )
+    assert re.match(r"  record 6 \(id='<image> and <image>: same\?'\): .*notes.txt is not a readable image", lines[-1])
+    assert not (tmp_path / "out").exists()
+
+
+def test_many_bad_records_are_summarised(tiny_llava_pad, train_data, corrupt, tmp_path):
+    records = [qa("<image>\nWhat color?")] + [
+        {**qa("<image>\nWhat?", image="bad/empty.jpg"), "id": f"r{i}"} for i in range(30)
+    ]
+    data = write_json(tmp_path / "train.json", records)
+    with pytest.raises(DataValidationError) as error:
+        train_on(tiny_llava_pad, train_data, data, tmp_path / "out")
+    lines = str(error.value).splitlines()
+    assert lines[0] == f"{data}: 30 bad record(s):"
+    assert [line.split(":")[0] for line in lines[1:-1]] == [f"  record {i} (id='r{i - 1}')" for i in range(1, 21)]
+    assert lines[-1] == "  ... and 10 more"
+
+
+def test_jpeg_cut_off_in_its_pixel_data_names_the_record_when_decoded(make_dataset, train_data, corrupt):
+    """`verify` reads a JPEG's headers only: a download cut off in the pixel data shows when the sample is loaded."""
+    path = train_data.folder / "bad/cut.jpg"
+    Image.open(train_data.folder / IMAGE).convert("RGB").resize((256, 256)).save(path, quality=95)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    dataset = make_dataset([qa("<image>\nWhat color?"), {**qa("<image>\nWhat?", image="bad/cut.jpg"), "id": "x7"}])
+    with pytest.raises(
+        DataValidationError, match=r"record 1 \(id='x7'\): cannot read image .*cut.jpg: image file is truncated"
+    ):
+        dataset[1]
