@@ -15,7 +15,6 @@ and per question type (`llava.data.shapes.score`; the headline `score` in percen
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,12 +24,12 @@ from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.data import shapes
 from llava.eval.scoring.common import (
     ScoringError,
-    check_known_ids,
-    index_answers,
+    add_output_arguments,
     print_metrics,
-    read_answers,
+    read_answers_by_id,
     read_json,
     run_cli,
+    write_jsonl,
     write_outputs,
 )
 
@@ -68,9 +67,7 @@ def question_lines(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def evaluate(split_file: str | Path, answers_file: str | Path) -> tuple[dict[str, Any], dict[str, bool]]:
     """(results with the headline `score` in percent, {question id: right})."""
     records = read_split(split_file)
-    answers = read_answers(answers_file)
-    check_known_ids(answers, {r["id"] for r in records}, answers_file, f"the split {split_file}")
-    by_id = index_answers(answers, answers_file)
+    by_id = read_answers_by_id(answers_file, {r["id"] for r in records}, f"the split {split_file}")
     predictions = {qid: answer.text for qid, answer in by_id.items()}
     result = shapes.score(records, predictions)
     if result["missing"]:
@@ -92,16 +89,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     score = commands.add_parser("score", help="accuracy of an answers file")
     score.add_argument("--split-file", required=True)
     score.add_argument("--answers", required=True)
-    score.add_argument("--output", help="write results.json here")
-    score.add_argument("--per-sample", help="write {question_id: right} here (for the sweep and calibration)")
+    add_output_arguments(score, per_sample="{question_id: right}")
     args = parser.parse_args(argv)
 
     if args.command == "questions":
         lines = question_lines(read_split(args.split_file))
-        path = Path(args.output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
-        print(f"wrote {len(lines)} questions to {path}")
+        write_jsonl(args.output, lines)
+        print(f"wrote {len(lines)} questions to {args.output}")
         return None
     results, per_sample = evaluate(args.split_file, args.answers)
     print_metrics(f"M3-Shapes {args.answers}", {"accuracy": results["score"]})
