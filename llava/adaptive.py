@@ -9,7 +9,9 @@
 
 A rung that is not kept costs its prefill (plus one sampled token); only the kept rung decodes the
 answer, so greedy answers are the fixed budget's answers token for token. The tower runs once whatever
-the number of rungs tried: every rung pools the same encoding.
+the number of rungs tried: every rung pools the same encoding. While the kept rows decode, the rows a
+rung did not keep stay in its batch as finished (padded) rows; a separate probe call per rung would
+drop them, at the price of a second prefill for every kept row, which costs more for short answers.
 
 Also here, for the tools that show the Matryoshka trade-off: `answer_every_scale` (one tower pass, the
 answer and wall time at each budget) and `resolve_budget` (turn `--matryoshka_vis_token_scale auto` into
