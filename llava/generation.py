@@ -9,9 +9,9 @@ a loaded model with its tokenizer, image processor and template; the prompt buil
 (`build_prompt` for one user turn, `build_chat_prompt` for a chat). The visual-token budget is passed
 through to the model as an int (or one int per row); the model resolves and validates it.
 
-A per-request budget policy (e.g. answer at a small budget first and escalate when unsure) belongs on
-`Generator`: `encode` runs the vision tower once, then `answer` can be called at any budget on that one
-encoding.
+`Generator.encode` runs the vision tower once; `answer` can then be called at any budget on that one
+encoding. The adaptive budget (answer at a small budget first, escalate when unsure) is built on that in
+`llava.adaptive`, through `Generator.generate`'s `observers` (which read the model's confidence).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAUL
 from llava.conversation import get_conv_template, select_conv_mode, template_stop
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model.matryoshka import parse_scales
+from llava.scale_policy import AUTO, AutoScale
 
 if TYPE_CHECKING:
     from llava.model.llava_arch import EncodedImages
@@ -44,16 +45,21 @@ def default_device() -> str:
 
 
 def add_scale_argument(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, help: str, several: bool = False
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, help: str, several: bool = False, auto: bool = False
 ) -> None:
     """`--matryoshka_vis_token_scale N` (or `--matryoshka-vis-token-scale`): the command-line edge where a
     budget arrives as text, parsed here into an int, or with `several` into a list ("1,9,36,144,576").
-    Unset: None, the checkpoint's default."""
+    With `auto`, "auto" is accepted too (alone or in the list) and becomes `llava.scale_policy.AUTO`: the
+    checkpoint's calibrated policy. Unset: None, the checkpoint's default."""
+    if several:
+        kind = _auto_scales_argument if auto else _scales_argument
+    else:
+        kind = _auto_scale_argument if auto else int
     parser.add_argument(
         "--matryoshka_vis_token_scale",
         "--matryoshka-vis-token-scale",
         dest="matryoshka_vis_token_scale",
-        type=_scales_argument if several else int,
+        type=kind,
         default=None,
         help=help,
     )
@@ -64,6 +70,28 @@ def _scales_argument(text: str) -> list[int]:
         return parse_scales(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parse_scale_text(text: str) -> int | AutoScale:
+    """One budget typed by a user ("36" or "auto"): an int, or `AUTO`; a ValueError for anything else."""
+    if text.strip().lower() == str(AUTO):
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"matryoshka_vis_token_scale={text!r} is neither an integer budget nor 'auto'") from None
+
+
+def _auto_scale_argument(text: str) -> int | AutoScale:
+    try:
+        return parse_scale_text(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _auto_scales_argument(text: str) -> list[int | AutoScale]:
+    parts = text.strip().strip("[]()").split(",")
+    return [AUTO if part.strip().lower() == str(AUTO) else _scales_argument(part)[0] for part in parts]
 
 
 # -- prompts ----------------------------------------------------------------------------------------
@@ -377,6 +405,7 @@ class Generator:
         params: SamplingParams | Sequence[SamplingParams],
         stopping: StoppingCriteria | None = None,
         logits_processor: LogitsProcessor | None = None,
+        observers: Sequence[LogitsProcessor] = (),
     ) -> torch.Tensor:
         """New token ids (B, T) for a batch of prompts in one `generate` call.
 
@@ -387,6 +416,8 @@ class Generator:
             stopping: what ends the rows (default: `StopStrings` over the params' stop strings); rows also
                 end on `end_token_ids` and at the largest `max_new_tokens`.
             logits_processor: applied after the sampling settings, e.g. to constrain what may be answered.
+            observers: see each step's scores before any sampling setting (they must not change them), e.g. to
+                read the model's confidence in its first answer token.
         """
         rows = [params] * len(batch.input_ids) if isinstance(params, SamplingParams) else list(params)
         num_beams = rows[0].num_beams
@@ -396,7 +427,7 @@ class Generator:
         ids, mask = left_pad(batch.input_ids, pad_token_id(self.tokenizer))
         device = self.model.get_input_embeddings().weight.device
         do_sample = any(p.temperature > 0 for p in rows)
-        processors = [PerRowSampling(rows, num_beams)] if do_sample else []
+        processors = [*observers, *([PerRowSampling(rows, num_beams)] if do_sample else [])]
         processors += [logits_processor] if logits_processor is not None else []
         return self.model.generate(
             ids.to(device),
@@ -426,7 +457,14 @@ class Generator:
     ) -> list[str]:
         """Answer a batch of prompts: generate, decode, and cut each answer where the assistant's turn
         ends (the template's stop) or at one of `params.stop`."""
-        stops = tuple(dict.fromkeys((*params.stop, *([self.stop] if self.stop else []))))
-        params = replace(params, stop=stops)
+        params = self.with_template_stop(params)
         output = self.generate(batch, scale, params, logits_processor=logits_processor)
+        return self.answer_texts(output, params.stop)
+
+    def with_template_stop(self, params: SamplingParams) -> SamplingParams:
+        """`params` whose stop strings also hold the end of the assistant's turn in this template."""
+        return replace(params, stop=tuple(dict.fromkeys((*params.stop, *([self.stop] if self.stop else [])))))
+
+    def answer_texts(self, output: torch.Tensor, stops: Sequence[str]) -> list[str]:
+        """Decoded rows of `generate`'s new tokens (B, T), each cut at its first stop string."""
         return [cut_at_stop(text, stops) for text in self.decode_batch(output)]

@@ -49,7 +49,8 @@ def _add_worker_key(parser: argparse.ArgumentParser) -> None:
 
 
 def add_loading_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """How `load_pretrained_model` loads the checkpoint: quantisation, attention, compile, CPU packing.
+    """How the checkpoint is loaded (`load_pretrained_model`: quantisation, attention, compile) and prepared
+    (`prepare_for_inference`: CPU packing).
 
     Shared by the worker, the OpenAI-style server and `llava.serve.cli`.
     """

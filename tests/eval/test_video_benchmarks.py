@@ -106,13 +106,13 @@ def test_raw_prompts_reach_the_model_as_written(
 
     def recording_load_model(*args: Any, **kwargs: Any) -> Generator:
         generator = load_model(*args, **kwargs)
-        answer = generator.answer
+        generate = generator.generate
 
-        def recording_answer(batch: PromptBatch, *rest: Any, **options: Any) -> list[str]:
+        def recording_generate(batch: PromptBatch, *rest: Any, **options: Any) -> Any:
             asked.append(([list(ids) for ids in batch.input_ids], list(batch.image_sizes)))
-            return answer(batch, *rest, **options)
+            return generate(batch, *rest, **options)
 
-        monkeypatch.setattr(generator, "answer", recording_answer)
+        monkeypatch.setattr(generator, "generate", recording_generate)
         return generator
 
     monkeypatch.setattr(harness, "load_model", recording_load_model)

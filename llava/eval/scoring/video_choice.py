@@ -16,25 +16,21 @@ I(nteraction)/S(equence)/P(rediction)/F(easibility)), as IG-VLM prints them.
 from __future__ import annotations
 
 import argparse
-import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from llava.eval.scoring.choice import read_choices
 from llava.eval.scoring.common import (
-    Answer,
-    check_known_ids,
-    index_answers,
+    add_output_arguments,
     percent,
     print_metrics,
-    read_answers,
+    read_answers_by_id,
     run_cli,
     write_outputs,
 )
 from llava.eval.scoring.video_common import VideoQuestion, read_questions, reply_text
-
-logger = logging.getLogger(__name__)
 
 LETTERS = "ABCDE"
 """The letters IG-VLM reads; its prompts offer at most five options."""
@@ -61,16 +57,10 @@ def choice_index(text: str, num_options: int) -> int | None:
 def evaluate(questions_file: str | Path, answers_file: str | Path) -> tuple[dict[str, Any], dict[str, bool]]:
     """Results (accuracy in percent) and per-question correctness."""
     questions = read_questions(questions_file, multiple_choice=True, with_answers=True)
-    answers = index_answers(read_answers(answers_file), answers_file)
-    check_known_ids(answers.values(), {q.question_id for q in questions}, answers_file, str(questions_file))
-    per_sample = {q.question_id: is_correct(q, answers.get(q.question_id)) for q in questions}
-    missing = sum(q.question_id not in answers for q in questions)
-    unparsed = sum(
-        q.question_id in answers and choice_index(answers[q.question_id].text, len(q.options)) is None
-        for q in questions
-    )
-    if missing:
-        logger.warning("%d of %d questions have no answer; counted wrong", missing, len(questions))
+    answers = read_answers_by_id(answers_file, {q.question_id for q in questions}, str(questions_file))
+    num_options = {q.question_id: len(q.options) for q in questions}
+    read = read_choices(answers, list(num_options), "questions", lambda qid, text: choice_index(text, num_options[qid]))
+    per_sample = {q.question_id: is_correct(q, read.chosen.get(q.question_id)) for q in questions}
     accuracy = percent(sum(per_sample.values()), len(questions))
     results = {
         "benchmark": Path(questions_file).stem,
@@ -78,17 +68,15 @@ def evaluate(questions_file: str | Path, answers_file: str | Path) -> tuple[dict
         "score": accuracy,
         "accuracy": accuracy,
         "num_questions": len(questions),
-        "num_missing": missing,
-        "num_unparsed": unparsed,
+        "num_missing": read.missing,
+        "num_unparsed": len(read.unreadable),
         **accuracy_by_type(questions, per_sample),
     }
     return results, per_sample
 
 
-def is_correct(question: VideoQuestion, answer: Answer | None) -> bool:
-    if answer is None:
-        return False
-    choice = choice_index(answer.text, len(question.options))
+def is_correct(question: VideoQuestion, choice: int | None) -> bool:
+    """Whether the chosen option (None: unanswered or unreadable) has the text of the sheet's answer."""
     return choice is not None and question.options[choice] == question.answer
 
 
@@ -112,10 +100,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--question-file", "--question_file", dest="question_file", required=True, help="IG-VLM sheet")
     parser.add_argument("--answers", required=True)
-    parser.add_argument("--output", help="write results.json here")
-    parser.add_argument("--per-sample", help="write {question_id: correct} here (for the oracle sweep)")
+    add_output_arguments(parser, "{question_id: correct}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     results, per_sample = evaluate(args.question_file, args.answers)
     print_metrics(f"{results['benchmark']} {args.answers}", {"accuracy": results["score"]})

@@ -46,11 +46,11 @@ from typing import Any
 
 from llava.eval.scoring.common import (
     ScoringError,
-    check_known_ids,
-    index_answers,
+    add_output_arguments,
+    mean,
     percent,
     print_metrics,
-    read_answers,
+    read_answers_by_id,
     read_jsonl,
     run_cli,
     write_outputs,
@@ -222,8 +222,7 @@ def load_items(
 def _sheet(question_file: str | Path, answers_file: str | Path) -> dict[str, tuple[str, str, str | None]]:
     """question id → (question, answer, prediction or None)."""
     questions = read_questions(question_file, with_answers=True)
-    answers = index_answers(read_answers(answers_file), answers_file)
-    check_known_ids(answers.values(), {q.question_id for q in questions}, answers_file, str(question_file))
+    answers = read_answers_by_id(answers_file, {q.question_id for q in questions}, str(question_file))
     return {
         q.question_id: (
             q.question,
@@ -307,7 +306,7 @@ def summarize(items: Sequence[Item], criterion_name: str, replies: dict[str, str
     results["num_unreadable"] = sum(
         v.score is None or (CRITERIA[criterion_name].yes_no and v.pred is None) for v in verdicts.values()
     )
-    results["mean_score"] = sum(scores) / len(scores) if scores else 0.0
+    results["mean_score"] = mean(scores)
     if CRITERIA[criterion_name].yes_no:
         judged_yes = {i.question_id: verdicts.get(i.question_id, Verdict(None, None)).pred == "yes" for i in items}
         results["accuracy"] = percent(sum(judged_yes.values()), len(items))
@@ -354,14 +353,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--answers-2", dest="answers_2", help="consistency: the answers to the second sheet")
     parser.add_argument("--judge-model", help="OpenAI model for the judge, e.g. gpt-3.5-turbo (off by default)")
     parser.add_argument("--reviews", help="cache of the judge's replies (JSONL); needs --judge-model")
-    parser.add_argument("--output", help="write results.json here")
-    parser.add_argument("--per-sample", help="write {question_id: correct or score/5} here (for the oracle sweep)")
+    add_output_arguments(parser, "{question_id: correct or score/5}")
     args = parser.parse_args(argv)
     if CRITERIA[args.criterion].paired != (args.question_file_2 is not None and args.answers_2 is not None):
         parser.error("--criterion consistency, and only it, needs --question-file-2 and --answers-2")
     if args.reviews and not args.judge_model:
         parser.error("--reviews needs --judge-model")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     results = evaluate(args)
     per_sample = results.pop("per_sample")
