@@ -128,11 +128,23 @@ def build_prompt(conv_mode: str, query: str, num_images: int) -> str:
 
 @dataclass
 class ChatTurn:
-    """One chat message: its role ("system", "user" or "assistant") and its text and image parts in order."""
+    """One chat message: its role ("system", "user" or "assistant") and its text, image and video parts in order."""
 
     role: str
     parts: list[tuple[str, Any]] = field(default_factory=list)
-    """("text", text) or ("image", payload) in the order they appear; the payload is passed through."""
+    """("text", text), ("image", payload) or ("video", payload) in the order they appear; payloads are passed
+    through."""
+
+
+class ChatVideo(NamedTuple):
+    """A video's place among a chat's images (`ChatPrompt.images`).
+
+    The model sees a video as one image, IG-VLM's grid of a few of its frames (`llava.video`), so a video
+    takes one `<image>` marker; this wrapper tells whoever decodes the images to build that grid from
+    `source`, the video part's payload as it was given.
+    """
+
+    source: Any
 
 
 class ChatPrompt(NamedTuple):
@@ -140,7 +152,7 @@ class ChatPrompt(NamedTuple):
 
     prompt: str
     images: list[Any]
-    """The image payloads, in the order of the prompt's `<image>` markers."""
+    """The image payloads, in the order of the prompt's `<image>` markers; a video's payload as a `ChatVideo`."""
     stop: str | None
     """The template's end of an assistant turn (`template_stop`)."""
 
@@ -148,7 +160,8 @@ class ChatPrompt(NamedTuple):
 def build_chat_prompt(turns: Sequence[ChatTurn], conv_mode: str) -> ChatPrompt:
     """Lay out a chat in template `conv_mode`, ending with the assistant's turn to write.
 
-    Images become `<image>` markers where they stand in a message, so images and markers always match.
+    Images and videos become `<image>` markers where they stand in a message, so images and markers always
+    match (a video is one image, its frame grid: see `ChatVideo`).
     System turns replace the template's system prompt; user and assistant turns must alternate
     starting with the user (consecutive turns of one role are joined) and end with the user.
     """
@@ -179,8 +192,8 @@ def build_chat_prompt(turns: Sequence[ChatTurn], conv_mode: str) -> ChatPrompt:
 def _turn_text(turn: ChatTurn, images: list[Any]) -> str:
     pieces = []
     for kind, value in turn.parts:
-        if kind == "image":
-            images.append(value)
+        if kind in ("image", "video"):
+            images.append(value if kind == "image" else ChatVideo(value))
             pieces.append(DEFAULT_IMAGE_TOKEN)
         else:
             pieces.append(value)

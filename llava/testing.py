@@ -276,9 +276,12 @@ FRAME_INDEX_CELL = 8
 """Side in pixels of one bit's cell: large enough to survive lossy video coding."""
 
 
-def video_frame(index: int, size: tuple[int, int] = (96, 64), background: str = "navy") -> Image.Image:
+def video_frame(
+    index: int, size: tuple[int, int] = (96, 64), background: str = "navy", counter: bool = True
+) -> Image.Image:
     """Frame `index` of a test clip: an M3-Shapes scene whose red square slides right as the clip goes on,
-    above a row of black (0) and white (1) cells that spell `index` in binary, most significant bit first.
+    above a row of black (0) and white (1) cells that spell `index` in binary, most significant bit first
+    (with `counter` False that row is background too: a plain scene, as the M3-Shapes models know them).
     """
     width, height = size
     if width < FRAME_INDEX_BITS * FRAME_INDEX_CELL or height < 2 * FRAME_INDEX_CELL:
@@ -292,7 +295,7 @@ def video_frame(index: int, size: tuple[int, int] = (96, 64), background: str = 
     frame = Image.new("RGB", size, BACKGROUND_COLORS[background])
     frame.paste(render(Scene(background, (shape,), side)), (0, 0))
     draw = ImageDraw.Draw(frame)
-    for bit in range(FRAME_INDEX_BITS):
+    for bit in range(FRAME_INDEX_BITS if counter else 0):
         on = index >> (FRAME_INDEX_BITS - 1 - bit) & 1
         x = bit * FRAME_INDEX_CELL
         draw.rectangle((x, side, x + FRAME_INDEX_CELL - 1, height - 1), fill=(255, 255, 255) if on else (0, 0, 0))
@@ -315,6 +318,7 @@ def write_test_video(
     codec: str = "libx264",
     keyframe_interval: int = 12,
     background: str = "navy",
+    counter: bool = True,
 ) -> Path:
     """Write `num_frames` frames of `video_frame` as a video (the container from the suffix: .mp4, .avi, .webm, ...).
 
@@ -331,7 +335,7 @@ def write_test_video(
         if codec == "libx264":  # no extra keyframes where the square wraps around (x264 would see a scene cut)
             stream.options = {**stream.options, "crf": "12", "x264-params": "scenecut=0"}
         for index in range(num_frames):
-            frame = av.VideoFrame.from_image(video_frame(index, size, background))
+            frame = av.VideoFrame.from_image(video_frame(index, size, background, counter))
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path

@@ -32,6 +32,7 @@ file and the value at fault.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -79,7 +80,8 @@ class VideoLimits:
     max_frames: int = 64
     """Most frames a grid may be built from (`num_frames`)."""
     max_frame_pixels: int = 4096 * 4096
-    """Largest width × height of a frame, checked from the stream header before decoding."""
+    """Largest width × height of a frame, checked from the stream header before decoding (and by the decoder on
+    every frame: a stream that switches to larger frames fails to decode)."""
     max_duration_s: float = 3 * 3600.0
     """Longest video, in seconds."""
     max_decoded_frames: int = 20_000
@@ -154,7 +156,12 @@ def sample_frames(
         if not container.streams.video:
             raise VideoError(f"{name}: has no video stream")
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # FFmpeg has no decoder for the codec the container names
+            raise VideoError(f"{name}: no decoder for its video codec")
         stream.thread_type = "AUTO"
+        # The header's frame size is checked below, but a stream can switch to larger frames midway (a new
+        # sequence header): FFmpeg then fails the decoding instead of allocating frames over the limit.
+        stream.codec_context.options = {"max_pixels": str(limits.max_frame_pixels)}
         fps = _fps(stream, name)
         _check_size(stream, name, limits)
         frames = _choose_frames(container, stream, fps, num_frames, ts, name, limits)
@@ -178,6 +185,18 @@ def frames_to_grid(frames: Sequence[Image.Image]) -> Image.Image:
         row, column = divmod(position, per_row)
         grid.paste(cell, (column * width, row * height))
     return grid
+
+
+def add_num_frames_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--num-frames N` (or `--num_frames`): the frames in a video's grid, IG-VLM's 6 unless given."""
+    parser.add_argument(
+        "--num-frames",
+        "--num_frames",
+        dest="num_frames",
+        type=int,
+        default=DEFAULT_NUM_FRAMES,
+        help=f"frames in a video's grid (IG-VLM: {DEFAULT_NUM_FRAMES}, 2 per row)",
+    )
 
 
 def video_to_grid(

@@ -36,7 +36,7 @@ from PIL import Image
 from llava.eval.harness import HarnessError, Query, Sample, build_parser, get_chunk, parse_args, run
 from llava.eval.scoring.common import run_cli
 from llava.eval.scoring.video_common import VideoQuestion, read_questions
-from llava.video import DEFAULT_NUM_FRAMES, VideoError, video_to_grid
+from llava.video import DEFAULT_NUM_FRAMES, VideoError, add_num_frames_argument, video_to_grid
 
 TASKS = ("multiple-choice", "open-ended")
 LLM_SIZES = ("7b", "13b", "34b")
@@ -185,14 +185,7 @@ def main(argv: list[str] | None = None) -> dict[int, Path]:
         default="7b",
         help="which of IG-VLM's prompts (7b: the M3 release's LLaVA-NeXT-7B run)",
     )
-    parser.add_argument(
-        "--num-frames",
-        "--num_frames",
-        dest="num_frames",
-        type=int,
-        default=DEFAULT_NUM_FRAMES,
-        help="frames per grid (IG-VLM: 6)",
-    )
+    add_num_frames_argument(parser)
     parser.set_defaults(temperature=0.0)
     return answer(parse_args(parser, argv))
 

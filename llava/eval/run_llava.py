@@ -1,10 +1,11 @@
-"""Answer one query about one or more images: `python -m llava.eval.run_llava` / `eval_model(args)`.
+"""Answer one query about one or more images or a video: `python -m llava.eval.run_llava` / `eval_model(args)`.
 
 Kept compatible with LLaVA's run_llava: `eval_model` takes any object with the LLaVA attribute
 names (`model_path`, `model_base`, `query`, `image_file`, `conv_mode`, `sep`, `temperature`,
 `top_p`, `num_beams`, `max_new_tokens`), plus M3's `matryoshka_vis_token_scale`: a budget, or "auto" for the
 checkpoint's calibrated policy (`llava.adaptive`), which picks the fewest visual tokens it is sure of; the
-budget that answered is then reported on stderr.
+budget that answered is then reported on stderr. `video_file` with `num_frames` may stand instead of
+`image_file`: the model sees a video as one image, IG-VLM's grid of `num_frames` of its frames.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from llava.mm_utils import get_model_name_from_path, load_image
 from llava.model.builder import load_pretrained_model
 from llava.model.cpu_packing import prepare_for_inference
 from llava.scale_policy import AutoScale, ScalePolicy
+from llava.video import DEFAULT_NUM_FRAMES, add_num_frames_argument, video_to_grid
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ class RunArgs:
     model_path: str
     query: str
     image_file: str | None = None
+    video_file: str | None = None
+    num_frames: int = DEFAULT_NUM_FRAMES
     model_base: str | None = None
     conv_mode: str | None = None
     sep: str = ","
@@ -61,8 +65,10 @@ class RunArgs:
 
 
 def eval_model(args: Any) -> str:
-    """Load the model, answer `args.query` about `args.image_file`, print and return the answer."""
+    """Load the model, answer `args.query` about `args.image_file` (or `args.video_file`), print and return it."""
     run = RunArgs.from_object(args)
+    if run.image_file and run.video_file:
+        raise ValueError("give image_file or video_file, not both")
     model_name = get_model_name_from_path(run.model_path)
     tokenizer, model, image_processor, _ = load_pretrained_model(
         run.model_path,
@@ -75,6 +81,8 @@ def eval_model(args: Any) -> str:
     prepare_for_inference(model)
     generator = Generator(tokenizer, model, image_processor, model_name, run.conv_mode)
     images = [load_image(f) for f in run.image_file.split(run.sep)] if run.image_file else []
+    if run.video_file:
+        images = [video_to_grid(run.video_file, run.num_frames)]
     input_ids = generator.tokenize(generator.prompt(run.query, len(images)))
     params = SamplingParams(run.temperature, run.top_p, run.max_new_tokens, num_beams=run.num_beams)
     encoded = generator.encode(generator.pixels(images))
@@ -96,10 +104,13 @@ def eval_model(args: Any) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Ask an M3 model about one or more images.")
+    parser = argparse.ArgumentParser(description="Ask an M3 model about one or more images or a video.")
     parser.add_argument("--model-path", "--model_path", dest="model_path", required=True)
     parser.add_argument("--model-base", "--model_base", dest="model_base", default=None)
-    parser.add_argument("--image-file", "--image_file", dest="image_file", default=None)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--image-file", "--image_file", dest="image_file", default=None)
+    source.add_argument("--video-file", "--video_file", dest="video_file", default=None, help="a video instead")
+    add_num_frames_argument(parser)
     parser.add_argument("--query", required=True)
     parser.add_argument("--conv-mode", "--conv_mode", dest="conv_mode", default=None)
     parser.add_argument("--sep", default=",", help="separator between several --image-file paths")

@@ -1,7 +1,10 @@
-"""Terminal chat about an image, answers streamed as they are generated.
+"""Terminal chat about an image or a video, answers streamed as they are generated.
 
     python -m llava.serve.cli --model-path mucai/llava-v1.5-7b-m3 --image-file images/shapes.png \\
         --matryoshka_vis_token_scale 36
+    python -m llava.serve.cli --model-path mucai/llava-v1.5-7b-m3 --video-file clip.mp4 --num-frames 6
+
+A video is shown to the model as one image, IG-VLM's grid of `--num-frames` of its frames.
 
 Commands between turns: `/scale N` changes the visual-token budget (the whole conversation is
 re-read at the new budget on the next turn), `/scale auto` lets the checkpoint's calibrated policy pick
@@ -32,6 +35,7 @@ from llava.scale_policy import ScalePolicy
 from llava.serve.args import add_loading_arguments
 from llava.serve.engine import GenerationChunk, InferenceEngine, Job
 from llava.serve.http import RequestError
+from llava.video import add_num_frames_argument, video_to_grid
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +52,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--model-base", default=None)
     parser.add_argument("--model-name", default=None)
-    parser.add_argument("--image-file", default=None, help="local image file or http(s) URL")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--image-file", default=None, help="local image file or http(s) URL")
+    source.add_argument("--video-file", default=None, help="local video file, seen as the grid of a few frames")
+    add_num_frames_argument(parser)
     add_scale_argument(
         parser,
         "visual-token budget (1/9/36/144/576; default: the checkpoint's), or 'auto': the checkpoint's calibrated "
@@ -153,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         image = load_image(args.image_file) if args.image_file else None
+        if args.video_file:
+            image = video_to_grid(args.video_file, args.num_frames)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     engine = InferenceEngine.from_args(args, max_new_tokens_limit=max(args.max_new_tokens, 1))
