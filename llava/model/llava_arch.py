@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -141,6 +142,16 @@ class LlavaMetaForCausalLM:
 
     config: LlavaMultimodalConfig
     model: LlavaMetaModel
+    base_model_class: type[LlavaMetaModel]
+    """The family's `LlavaMetaModel` subclass (e.g. `LlavaLlamaModel`), which `.model` is built from."""
+
+    def __init__(self, config: LlavaMultimodalConfig) -> None:
+        # Not the language model's own __init__: it would build the plain base model, then ours on top.
+        PreTrainedModel.__init__(self, config)
+        self.model = self.base_model_class(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
