@@ -62,12 +62,14 @@ def start_controller(
     return BackgroundServer(app).start()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition", interval: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 def spawn_worker(
