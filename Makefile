@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # and an unchanged file skips it.
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 
-.PHONY: install test lint demo
+.PHONY: install test lint demo base-install-check
 
 install: $(STAMP)
 
@@ -35,3 +35,9 @@ lint: install
 # (table on stdout, plot in playground/data/shapes-demo/shapes_accuracy.png).
 demo: install
 	$(VENV_PY) -m llava.eval.shapes_demo
+
+# What `pip install -e .` alone gives a user: a fresh venv (temp dir) with only the pinned torch and the
+# base install runs the controller, a worker with the shipped model, the web demo, the CLI and run_llava
+# (scripts/ci/base_install_check.sh; CI runs it too). A few minutes, most of it pip.
+base-install-check:
+	TORCH_SPEC="$(TORCH_SPEC)" PYTHON="$(PYTHON)" bash scripts/ci/base_install_check.sh

@@ -2,6 +2,9 @@
 
 CONTROLLER_HEART_BEAT_EXPIRATION = 30
 WORKER_HEART_BEAT_INTERVAL = 15
+# Serving defaults: most images in one request, and the cap on the tokens one request may generate.
+DEFAULT_MAX_IMAGES = 8
+DEFAULT_MAX_NEW_TOKENS_LIMIT = 1024
 
 LOGDIR = "."
 

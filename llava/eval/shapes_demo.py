@@ -19,8 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
@@ -29,6 +27,11 @@ from llava.generation import Generator, PromptBatch, SamplingParams
 from llava.mm_utils import get_model_name_from_path
 from llava.model.builder import load_pretrained_model
 from llava.model.matryoshka import TRAINED_SCALES, parse_scales
+from llava.optional import optional_dependency
+
+with optional_dependency():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAUL
 from llava.model import LLAVA_MODEL_CLASSES
 from llava.model.cpu_packing import prepare_for_inference
 from llava.model.tokenizer import load_tokenizer
+from llava.optional import optional_dependency
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ def load_pretrained_model(
     load_kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": _attention(use_flash_attn), **kwargs}
     load_kwargs["device_map"] = device_map if device == "cuda" else {"": device}
     if load_8bit or load_4bit:
+        with optional_dependency():
+            import bitsandbytes  # noqa: F401  (transformers imports it to quantise; fail here, naming the extra)
         load_kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_8bit=load_8bit,
             load_in_4bit=load_4bit,
@@ -165,7 +168,8 @@ def _load_extra_weights(model: torch.nn.Module, file: Path) -> None:
 
 
 def _merge_lora(model: torch.nn.Module, adapter_path: str) -> torch.nn.Module:
-    from peft import PeftModel
+    with optional_dependency():
+        from peft import PeftModel
 
     logger.info("merging LoRA weights from %s", adapter_path)
     return PeftModel.from_pretrained(model, adapter_path).merge_and_unload()

@@ -20,9 +20,9 @@ from PIL import Image
 from llava.conversation import get_conv_template
 from llava.generation import ChatTurn, SamplingParams, add_scale_argument, build_chat_prompt, default_device
 from llava.mm_utils import load_image
+from llava.serve.args import add_loading_arguments
 from llava.serve.engine import GenerationChunk, InferenceEngine, Job
-from llava.serve.errors import RequestError
-from llava.serve.service import add_loading_arguments
+from llava.serve.http import RequestError
 
 logger = logging.getLogger(__name__)
 

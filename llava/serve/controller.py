@@ -4,35 +4,57 @@
 
 Workers register (`/register_worker`) and then beat (`/receive_heart_beat`) every few seconds; a
 worker whose last beat is older than `--heartbeat-expiration` seconds is dropped, as is one that
-cannot be reached when a request is proxied to it. Clients call `/list_models`,
-`/get_worker_address` (`lottery`: random, weighted by worker speed; `shortest_queue`: the worker
-with the least queued work per unit of speed) and may stream through the controller with
-`/worker_generate_stream`. The route names and bodies are those of the original LLaVA controller.
+cannot be reached, or fails or falls silent while a request is proxied to it. Clients call
+`/list_models`, `/get_worker_address` (`lottery`: random, weighted by worker speed; `shortest_queue`:
+the worker with the least queued work per unit of speed) and may stream through the controller with
+`/worker_generate_stream`. The route names and bodies are those of the original LLaVA controller
+(protocol.py has them).
+
+Registering and beating is the control plane: whoever registers a worker receives users' prompts and
+images. With `--worker-key` (or $LLAVA_WORKER_KEY) workers must present the key; without one, only
+processes on this machine may register, which is what a one-machine demo needs and keeps a controller
+that listens on the network from being taken over.
 
 The controller imports no torch: it starts in a fraction of a second.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 
 from llava.constants import CONTROLLER_HEART_BEAT_EXPIRATION
-from llava.serve.errors import RequestError
-from llava.serve.http import read_json_body, run_server
-from llava.serve.media import MIB
+from llava.serve.args import WORKER_KEY_ENV
+from llava.serve.args import parse_controller_args as parse_args
+from llava.serve.http import (
+    MIB,
+    RequestError,
+    bearer_token_matches,
+    create_json_app,
+    guarded_stream,
+    run_server,
+    unless,
+)
+from llava.serve.protocol import (
+    ControllerGenerateParams,
+    HeartbeatParams,
+    ModelQuery,
+    RegisterWorkerParams,
+    WorkerStatus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +66,9 @@ class WorkerInfo:
     model_names: list[str]
     speed: float
     queue_length: int
-    check_heart_beat: bool
     last_heart_beat: float
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the worker is dropped: the answers being relayed from it end at once."""
 
 
 class Controller:
@@ -64,18 +87,21 @@ class Controller:
         self.workers: dict[str, WorkerInfo] = {}
         self._rng = random.Random(seed)
 
-    def register_worker(self, worker_name: str, check_heart_beat: bool, status: dict[str, Any]) -> None:
-        self.workers[worker_name] = WorkerInfo(
-            model_names=list(status["model_names"]),
-            speed=float(status.get("speed", 1)),
-            queue_length=int(status.get("queue_length", 0)),
-            check_heart_beat=check_heart_beat,
-            last_heart_beat=time.monotonic(),
-        )
-        logger.info("registered worker %s serving %s", worker_name, status["model_names"])
+    def register_worker(self, worker_name: str, status: WorkerStatus) -> None:
+        """Add a worker, or update one that registers again (its answers in flight go on)."""
+        info = self.workers.get(worker_name)
+        if info is None:
+            info = self.workers[worker_name] = WorkerInfo(list(status.model_names), 0.0, 0, 0.0)
+        info.model_names = list(status.model_names)
+        info.speed = status.speed
+        info.queue_length = status.queue_length
+        info.last_heart_beat = time.monotonic()
+        logger.info("registered worker %s serving %s", worker_name, status.model_names)
 
     def remove_worker(self, worker_name: str, reason: str) -> None:
-        if self.workers.pop(worker_name, None) is not None:
+        info = self.workers.pop(worker_name, None)
+        if info is not None:
+            info.gone.set()
             logger.warning("dropped worker %s: %s", worker_name, reason)
 
     def receive_heart_beat(self, worker_name: str, queue_length: int) -> bool:
@@ -89,8 +115,9 @@ class Controller:
         return True
 
     def remove_stale_workers(self) -> list[str]:
+        """Drop every worker whose last beat is older than the expiration (none is exempt)."""
         deadline = time.monotonic() - self.heartbeat_expiration
-        stale = [name for name, w in self.workers.items() if w.check_heart_beat and w.last_heart_beat < deadline]
+        stale = [name for name, w in self.workers.items() if w.last_heart_beat < deadline]
         for name in stale:
             self.remove_worker(name, f"no heartbeat for {self.heartbeat_expiration}s")
         return stale
@@ -104,9 +131,9 @@ class Controller:
         if not candidates:
             return ""
         if self.dispatch_method == "lottery":
-            weights = [max(w.speed, 1e-6) for _, w in candidates]
+            weights = [w.speed for _, w in candidates]
             return self._rng.choices([name for name, _ in candidates], weights=weights)[0]
-        name, info = min(candidates, key=lambda item: item[1].queue_length / max(item[1].speed, 1e-6))
+        name, info = min(candidates, key=lambda item: item[1].queue_length / item[1].speed)
         info.queue_length += 1  # until the next beat, count the request we are sending it
         return name
 
@@ -119,26 +146,111 @@ class Controller:
         }
 
 
-async def _fetch_status(client: httpx.AsyncClient, worker_name: str) -> dict[str, Any] | None:
+def _is_local(host: str | None) -> bool:
+    """Whether a client address is this machine (no address: a Unix socket, local too)."""
+    if host is None:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def worker_authorizer(worker_key: str | None) -> Callable[[Request], None]:
+    """The check on the control plane: the worker key when there is one, else a client on this machine."""
+
+    def authorize(request: Request) -> None:
+        if worker_key is not None:
+            if not bearer_token_matches(request, worker_key):
+                raise RequestError(
+                    401, "invalid or missing worker key: start the worker with the controller's --worker-key"
+                )
+        elif not _is_local(request.client.host if request.client else None):
+            raise RequestError(
+                403,
+                "this controller has no worker key, so it accepts workers from its own machine only; start the "
+                f"controller and the workers with the same --worker-key (or ${WORKER_KEY_ENV})",
+            )
+
+    return authorize
+
+
+async def _fetch_status(client: httpx.AsyncClient, worker_name: str) -> WorkerStatus | None:
     try:
         response = await client.post(f"{worker_name}/worker_get_status", timeout=5)
         response.raise_for_status()
-        return response.json()
-    except (httpx.HTTPError, ValueError) as e:
+        return WorkerStatus.model_validate(response.json())
+    except (httpx.HTTPError, ValueError, ValidationError) as e:
         logger.warning("cannot get the status of worker %s: %s", worker_name, e)
         return None
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"text": message, "error_code": status}, status_code=status)
+def _chunk(message: dict[str, Any]) -> bytes:
+    return json.dumps(message).encode() + b"\0"
 
 
-def create_app(controller: Controller, max_request_bytes: int = 32 * MIB) -> FastAPI:
+async def _next_chunk(chunks: AsyncIterator[bytes]) -> bytes:
+    """The next piece of a stream, b"" at its end."""
+    try:
+        return await anext(chunks)
+    except StopAsyncIteration:
+        return b""
+
+
+async def _relay(
+    controller: Controller, address: str, model: str, upstream: httpx.Response, gone: asyncio.Event
+) -> AsyncIterator[bytes]:
+    """A worker's NUL-delimited chunks, each whole. When the worker dies, falls silent for the read timeout or
+    is dropped meanwhile (no heartbeats), the answer ends with an error chunk instead of a cut or a hang."""
+    pending = b""
+    chunks = upstream.aiter_raw()
+    failure = None
+    try:
+        while True:
+            try:
+                data = await unless(_next_chunk(chunks), gone.wait())
+            except httpx.HTTPError as e:
+                failure = f"it failed mid-answer ({type(e).__name__}: {e})"
+                controller.remove_worker(address, failure)
+                break
+            if data is None:
+                failure = "it stopped sending heartbeats and was dropped"
+                break
+            if not data:
+                break
+            pending += data
+            *complete, pending = pending.split(b"\0")
+            for message in complete:
+                yield message + b"\0"
+    finally:
+        await upstream.aclose()
+    if failure is None and pending.strip():
+        failure = "its answer ended in the middle of a chunk"
+    if failure is not None:
+        message = f"the worker serving {model!r} stopped answering: {failure}; retry to use another worker"
+        yield _chunk({"text": message, "error_code": 502})
+
+
+def _json_or_text(body: bytes, status: int) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return {"text": body.decode(errors="replace"), "error_code": status}
+
+
+def create_app(
+    controller: Controller,
+    max_request_bytes: int = 32 * MIB,
+    worker_key: str | None = None,
+    worker_read_timeout: float = 300.0,
+) -> FastAPI:
     """The controller's FastAPI app; its lifespan runs the stale-worker sweep and owns the HTTP client."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
+        app.state.client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=worker_read_timeout))
         sweep = asyncio.create_task(_sweep(controller))
         try:
             yield
@@ -146,106 +258,90 @@ def create_app(controller: Controller, max_request_bytes: int = 32 * MIB) -> Fas
             sweep.cancel()
             await app.state.client.aclose()
 
-    app = FastAPI(title="LLaVA/M3 controller", lifespan=lifespan)
+    app = create_json_app("LLaVA/M3 controller", max_request_bytes, lifespan=lifespan)
     app.state.controller = controller
+    _add_registry_routes(app, controller, worker_authorizer(worker_key))
+    _add_dispatch_routes(app, controller)
+    return app
 
-    @app.post("/register_worker")
-    async def register_worker(request: Request) -> Any:
-        try:
-            data = await read_json_body(request, 1 * MIB)
-        except RequestError as e:
-            return _error(e.status, e.message)
-        name = data.get("worker_name")
-        if not isinstance(name, str) or not name:
-            return _error(400, "register_worker needs a worker_name")
-        status = data.get("worker_status") or await _fetch_status(app.state.client, name)
-        if not isinstance(status, dict) or not isinstance(status.get("model_names"), list):
-            return _error(400, f"no usable status for worker {name}")
-        controller.register_worker(name, bool(data.get("check_heart_beat", True)), status)
+
+def _add_registry_routes(app: FastAPI, controller: Controller, authorize: Callable[[Request], None]) -> None:
+    """Registration and heartbeats (the control plane, behind `authorize`), and refreshing the registry."""
+
+    @app.post("/register_worker", dependencies=[Depends(authorize)])
+    async def register_worker(params: RegisterWorkerParams) -> dict[str, Any]:
+        status = params.worker_status or await _fetch_status(app.state.client, params.worker_name)
+        if status is None:
+            raise RequestError(
+                400,
+                f"worker {params.worker_name} sent no worker_status and did not report one at /worker_get_status",
+                "worker_status",
+            )
+        controller.register_worker(params.worker_name, status)
         return {"ok": True}
 
+    @app.post("/receive_heart_beat", dependencies=[Depends(authorize)])
+    async def receive_heart_beat(params: HeartbeatParams) -> dict[str, Any]:
+        return {"exist": controller.receive_heart_beat(params.worker_name, params.queue_length)}
+
     @app.post("/refresh_all_workers")
-    async def refresh_all_workers() -> Any:
+    async def refresh_all_workers() -> dict[str, Any]:
+        """Re-read every worker's status; drop those that do not answer."""
         for name in list(controller.workers):
             status = await _fetch_status(app.state.client, name)
             if status is None:
                 controller.remove_worker(name, "unreachable on refresh")
-            else:
-                controller.register_worker(name, controller.workers[name].check_heart_beat, status)
+            elif name in controller.workers:
+                controller.register_worker(name, status)
         return {"workers": sorted(controller.workers)}
 
+    @app.post("/worker_get_status")
+    async def worker_get_status() -> dict[str, Any]:
+        return controller.status()
+
+
+def _add_dispatch_routes(app: FastAPI, controller: Controller) -> None:
+    """What clients ask: the models, a worker's address, and an answer streamed through the controller."""
+
     @app.post("/list_models")
-    async def list_models() -> Any:
+    async def list_models() -> dict[str, Any]:
         return {"models": controller.list_models()}
 
     @app.post("/get_worker_address")
-    async def get_worker_address(request: Request) -> Any:
-        try:
-            data = await read_json_body(request, 64 * 1024)
-        except RequestError as e:
-            return _error(e.status, e.message)
-        return {"address": controller.get_worker_address(str(data.get("model", "")))}
-
-    @app.post("/receive_heart_beat")
-    async def receive_heart_beat(request: Request) -> Any:
-        try:
-            data = await read_json_body(request, 64 * 1024)
-        except RequestError as e:
-            return _error(e.status, e.message)
-        queue_length = data.get("queue_length", 0)
-        if not isinstance(queue_length, int):
-            return _error(400, "queue_length must be an integer")
-        exist = controller.receive_heart_beat(str(data.get("worker_name", "")), queue_length)
-        return {"exist": exist}
-
-    @app.post("/worker_get_status")
-    async def worker_get_status() -> Any:
-        return controller.status()
+    async def get_worker_address(params: ModelQuery) -> dict[str, Any]:
+        return {"address": controller.get_worker_address(params.model)}
 
     @app.post("/worker_generate_stream")
-    async def worker_generate_stream(request: Request) -> Any:
-        """Forward a generation to a worker of the requested model and relay its stream unchanged."""
-        try:
-            data = await read_json_body(request, max_request_bytes)
-        except RequestError as e:
-            return _error(e.status, e.message)
-        model = str(data.get("model", ""))
-        address = controller.get_worker_address(model)
+    async def worker_generate_stream(params: ControllerGenerateParams) -> Any:
+        """Forward a generation to a worker of the requested model and relay its stream."""
+        address = controller.get_worker_address(params.model)
         if not address:
-            return _error(
-                503,
-                f"no worker is serving model {model!r} (it may have stopped); available: {controller.list_models()}",
+            raise RequestError(
+                404,
+                f"no worker is serving model {params.model!r} (it may have stopped); "
+                f"available: {controller.list_models()}",
+                "model",
             )
+        gone = controller.workers[address].gone
         client: httpx.AsyncClient = app.state.client
+        request = client.build_request(
+            "POST", f"{address}/worker_generate_stream", json=params.model_dump(exclude_unset=True)
+        )
         try:
-            upstream = await client.send(
-                client.build_request("POST", f"{address}/worker_generate_stream", json=data), stream=True
-            )
+            upstream = await unless(client.send(request, stream=True), gone.wait())
         except httpx.HTTPError as e:
-            controller.remove_worker(address, f"unreachable: {e}")
-            return _error(503, f"the worker for model {model!r} is unreachable (dropped); retry to use another")
+            controller.remove_worker(address, f"unreachable: {type(e).__name__}: {e}")
+            upstream = None
+        if upstream is None:
+            raise RequestError(503, f"the worker for model {params.model!r} is unreachable (dropped); retry")
         if upstream.status_code != 200:
             body = await upstream.aread()
             await upstream.aclose()
-            return JSONResponse(status_code=upstream.status_code, content=_json_or_text(body))
-
-        async def relay() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in upstream.aiter_raw():
-                    yield chunk
-            finally:
-                await upstream.aclose()
-
-        return StreamingResponse(relay(), media_type="application/octet-stream")
-
-    return app
-
-
-def _json_or_text(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return {"text": body.decode(errors="replace"), "error_code": 502}
+            return JSONResponse(status_code=upstream.status_code, content=_json_or_text(body, upstream.status_code))
+        relay = _relay(controller, address, params.model, upstream, gone)
+        return StreamingResponse(
+            guarded_stream(relay, "/worker_generate_stream", _chunk), media_type="application/octet-stream"
+        )
 
 
 async def _sweep(controller: Controller) -> None:
@@ -255,27 +351,18 @@ async def _sweep(controller: Controller) -> None:
         controller.remove_stale_workers()
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="LLaVA/M3 controller", prog="python -m llava.serve.controller")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=10000)
-    parser.add_argument("--dispatch-method", choices=DISPATCH_METHODS, default="shortest_queue")
-    parser.add_argument(
-        "--heartbeat-expiration",
-        type=float,
-        default=CONTROLLER_HEART_BEAT_EXPIRATION,
-        help="drop a worker whose last heartbeat is older than this many seconds",
-    )
-    parser.add_argument("--max-request-bytes", type=int, default=32 * MIB)
-    parser.add_argument("--log-level", default="info")
-    return parser.parse_args(argv)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.worker_key is None and args.host != "localhost" and not _is_local(args.host):
+        logger.warning(
+            "no --worker-key: workers on other machines cannot register (only this machine's can); set "
+            "--worker-key or $%s on the controller and its workers",
+            WORKER_KEY_ENV,
+        )
     controller = Controller(args.dispatch_method, args.heartbeat_expiration)
-    run_server(create_app(controller, args.max_request_bytes), args.host, args.port, args.log_level)
+    app = create_app(controller, args.max_request_bytes, args.worker_key, args.worker_read_timeout)
+    run_server(app, args.host, args.port, args.log_level)
 
 
 if __name__ == "__main__":

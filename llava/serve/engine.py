@@ -26,15 +26,12 @@ import torch
 from PIL import Image
 from transformers import StoppingCriteria
 
-from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_MAX_IMAGES, DEFAULT_MAX_NEW_TOKENS_LIMIT, IMAGE_TOKEN_INDEX
 from llava.generation import Generator, PromptBatch, SamplingParams, first_stop
 from llava.model.matryoshka import TRAINED_SCALES, valid_scales
-from llava.serve.errors import RequestError
+from llava.serve.http import RequestError
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_NEW_TOKENS_LIMIT = 1024
-DEFAULT_MAX_IMAGES = 8
 
 
 @dataclass

@@ -5,8 +5,9 @@
 The budget control offers the five trained M3 scales (1/9/36/144/576) and shows the visual tokens the
 choice implies for the current image (per crop and in total for anyres checkpoints), as the model's
 worker counts them. Answers stream in; regenerate, clear, temperature, top-p and max tokens are there,
-and example images come from the project's `images/` folder. A worker that died shows as a message
-in the chat, not as a stuck page. Works with Gradio 5 and 6.
+and example images come from the project's `images/` folder. A controller or worker that is down,
+refuses a request or answers nonsense shows as a message in the chat, never as a traceback or a
+stuck page. Works with Gradio 5 and 6.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import inspect
 import json
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,11 @@ from PIL import Image
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import Conversation, get_conv_template, process_image, select_conv_mode, template_stop
+from llava.serve.args import DEFAULT_EXAMPLES_DIR
+from llava.serve.args import parse_web_args as parse_args
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "images"
 IMAGE_PROCESS_MODES = ["Crop", "Resize", "Pad", "Default"]
 CURSOR = "▌"
 MAX_INPUT_CHARS = 1536
@@ -38,47 +41,53 @@ BUDGETS = (1, 9, 36, 144, 576)
 
 
 class ControllerClient:
-    """What the demo asks of the controller and of the workers it names (blocking `requests` calls)."""
+    """What the demo asks of the controller and of the workers it names (blocking `requests` calls).
+
+    No call raises for a server that is down or answers nonsense: the demo shows a message instead.
+    """
 
     def __init__(self, controller_url: str, timeout_s: float = 10.0, stream_timeout_s: float = 300.0) -> None:
         self.controller_url = controller_url.rstrip("/")
         self.timeout_s = timeout_s
         self.stream_timeout_s = stream_timeout_s
 
-    def list_models(self) -> list[str]:
+    def _post(self, url: str, payload: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The JSON object a POST answers with, or None (logged) for an error or anything else."""
         try:
-            requests.post(f"{self.controller_url}/refresh_all_workers", timeout=self.timeout_s)
-            response = requests.post(f"{self.controller_url}/list_models", timeout=self.timeout_s)
+            response = requests.post(url, json=payload, timeout=self.timeout_s)
             response.raise_for_status()
-            return sorted(response.json()["models"])
-        except (requests.RequestException, ValueError, KeyError) as e:
-            logger.warning("cannot list models from %s: %s", self.controller_url, e)
-            return []
+            data = response.json()
+        except (requests.RequestException, ValueError) as e:
+            logger.warning("request to %s failed: %s", url, e)
+            return None
+        if not isinstance(data, dict):
+            logger.warning("%s answered %s, not a JSON object", url, type(data).__name__)
+            return None
+        return data
+
+    def list_models(self) -> list[str]:
+        self._post(f"{self.controller_url}/refresh_all_workers")
+        models = (self._post(f"{self.controller_url}/list_models") or {}).get("models")
+        return sorted(m for m in models if isinstance(m, str)) if isinstance(models, list) else []
 
     def worker_address(self, model: str) -> str:
-        try:
-            response = requests.post(
-                f"{self.controller_url}/get_worker_address", json={"model": model}, timeout=self.timeout_s
-            )
-            response.raise_for_status()
-            return response.json().get("address", "")
-        except (requests.RequestException, ValueError) as e:
-            logger.warning("cannot reach the controller at %s: %s", self.controller_url, e)
-            return ""
+        address = (self._post(f"{self.controller_url}/get_worker_address", {"model": model}) or {}).get("address")
+        return address if isinstance(address, str) else ""
 
     def worker_info(self, address: str) -> dict[str, Any]:
-        response = requests.post(f"{address}/worker_get_status", timeout=self.timeout_s)
-        response.raise_for_status()
-        return response.json().get("matryoshka", {})
+        info = (self._post(f"{address}/worker_get_status") or {}).get("matryoshka")
+        return info if isinstance(info, dict) else {}
 
-    def visual_tokens(self, address: str, scale: int, image_size: tuple[int, int] | None) -> dict[str, Any]:
+    def visual_tokens(self, address: str, scale: int, image_size: tuple[int, int] | None) -> dict[str, Any] | None:
         payload = {"matryoshka_vis_token_scale": scale, "image_size": list(image_size) if image_size else None}
-        response = requests.post(f"{address}/worker_visual_tokens", json=payload, timeout=self.timeout_s)
-        response.raise_for_status()
-        return response.json()
+        counted = self._post(f"{address}/worker_visual_tokens", payload)
+        return counted if counted is not None and isinstance(counted.get("visual_tokens"), int) else None
 
     def generate_stream(self, address: str, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """The worker's chunks; an HTTP error status is yielded as one chunk with its `error_code`."""
+        """The worker's chunks; an HTTP error status or an unreadable chunk is yielded as one error chunk.
+
+        Raises `requests.RequestException` when the worker cannot be reached or the connection breaks.
+        """
         with requests.post(
             f"{address}/worker_generate_stream",
             json=payload,
@@ -86,14 +95,32 @@ class ControllerClient:
             timeout=(self.timeout_s, self.stream_timeout_s),
         ) as response:
             if response.status_code != 200:
-                try:
-                    yield response.json()
-                except ValueError:
-                    yield {"text": response.text, "error_code": response.status_code}
+                yield _error_chunk(response.content, response.status_code)
                 return
             for line in response.iter_lines(delimiter=b"\0"):
                 if line:
-                    yield json.loads(line)
+                    yield _parse_chunk(line)
+
+
+def _parse_chunk(line: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(line)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("text"), str):
+        return {"text": "the worker sent a chunk the demo cannot read", "error_code": 502}
+    return data
+
+
+def _error_chunk(body: bytes, status: int) -> dict[str, Any]:
+    """A refused request's JSON error as a chunk (or its text, when a proxy answered with a page)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("text"), str):
+        return {"text": data["text"], "error_code": data.get("error_code", status)}
+    return {"text": body.decode(errors="replace")[:500], "error_code": status}
 
 
 def budget_choices(scales: Sequence[int] = BUDGETS) -> list[tuple[str, int]]:
@@ -115,6 +142,30 @@ def budget_text(scale: int, counted: dict[str, Any] | None, has_image: bool) -> 
     return f"**{counted['visual_tokens']} visual tokens** {where} ({side}×{side} grid)"
 
 
+def _no_worker(model: str | None) -> tuple[str, str]:
+    """The chat message and status line when no worker can answer."""
+    if not model:
+        return "**No model is available: start a model worker, then reload this page.**", "no model"
+    return (
+        f"**No worker is serving {model} (it may have stopped).** "
+        "Pick another model or restart the worker, then press Regenerate.",
+        f"no worker for {model}",
+    )
+
+
+def _usage_text(usage: Any) -> str:
+    """The status line of a finished answer, from the worker's `usage` ("" when it sent none)."""
+    if not isinstance(usage, dict):
+        return ""
+    try:
+        return (
+            f"{usage['visual_tokens']} visual tokens at budget {usage['matryoshka_vis_token_scale']}, "
+            f"{usage['prompt_tokens']} prompt tokens, {usage['completion_tokens']} new tokens"
+        )
+    except KeyError:
+        return ""
+
+
 def chatbot_messages(state: Conversation | None) -> list[dict[str, str]]:
     return [] if state is None else state.to_gradio_chatbot()
 
@@ -123,11 +174,16 @@ class WebDemo:
     """The demo's event handlers, testable without a browser; `build()` lays them out with Gradio."""
 
     def __init__(
-        self, client: ControllerClient, examples_dir: Path | None = DEFAULT_EXAMPLES_DIR, model_list_mode: str = "once"
+        self,
+        client: ControllerClient,
+        examples_dir: Path | None = DEFAULT_EXAMPLES_DIR,
+        model_list_mode: str = "once",
+        embed: bool = False,
     ) -> None:
         self.client = client
         self.examples_dir = examples_dir
         self.model_list_mode = model_list_mode
+        self.embed = embed
 
     # -- handlers ---------------------------------------------------------------------------
 
@@ -141,14 +197,10 @@ class WebDemo:
         if image is None and state is not None and state.get_images(return_pil=True):
             image, mode = state.get_images(return_pil=True)[0], "Default"  # the image already in the chat
         counted = None
-        if model:
-            address = self.client.worker_address(model)
-            if address:
-                size = process_image(image, mode, return_pil=True).size if image is not None else None
-                try:
-                    counted = self.client.visual_tokens(address, int(scale), size)
-                except requests.RequestException as e:
-                    logger.warning("cannot count visual tokens on %s: %s", address, e)
+        address = self.client.worker_address(model) if model else ""
+        if address:
+            size = process_image(image, mode, return_pil=True).size if image is not None else None
+            counted = self.client.visual_tokens(address, int(scale), size)
         return budget_text(int(scale), counted, image is not None)
 
     def add_text(self, state: Conversation | None, text: str, image: Image.Image | None, mode: str) -> tuple:
@@ -184,24 +236,16 @@ class WebDemo:
         if state is None or state.skip_next or not state.messages:
             yield state, chatbot_messages(state), ""
             return
-        if not model:
-            state.messages[-1][-1] = "**No model is available: start a model worker, then reload this page.**"
-            yield state, chatbot_messages(state), "no model"
-            return
-        address = self.client.worker_address(model)
+        address = self.client.worker_address(model) if model else ""
         if not address:
-            state.messages[-1][-1] = (
-                f"**No worker is serving {model} (it may have stopped).** "
-                "Pick another model or restart the worker, then press Regenerate."
-            )
-            yield state, chatbot_messages(state), f"no worker for {model}"
+            state.messages[-1][-1], status = _no_worker(model)
+            yield state, chatbot_messages(state), status
             return
         if len(state.messages) == state.offset + 2:
             state = self._with_model_template(state, model, address)
-        prompt = state.get_prompt()
         payload = {
             "model": model,
-            "prompt": prompt,
+            "prompt": state.get_prompt(),
             "temperature": float(temperature),
             "top_p": float(top_p),
             "max_new_tokens": int(max_new_tokens),
@@ -211,7 +255,11 @@ class WebDemo:
         }
         state.messages[-1][-1] = CURSOR
         yield state, chatbot_messages(state), ""
-        status = ""
+        yield from self._stream_answer(state, model, address, payload)
+
+    def _stream_answer(self, state: Conversation, model: str, address: str, payload: dict[str, Any]) -> Iterator[tuple]:
+        """The answer growing in the last turn; an error or a dead worker ends it with a message."""
+        prompt, status = payload["prompt"], ""
         try:
             for data in self.client.generate_stream(address, payload):
                 if data.get("error_code", 0) != 0:
@@ -220,12 +268,7 @@ class WebDemo:
                     return
                 output = data["text"][len(prompt) :].strip()
                 state.messages[-1][-1] = output if "finish_reason" in data else output + CURSOR
-                if "usage" in data:
-                    usage = data["usage"]
-                    status = (
-                        f"{usage['visual_tokens']} visual tokens at budget {usage['matryoshka_vis_token_scale']}, "
-                        f"{usage['prompt_tokens']} prompt tokens, {usage['completion_tokens']} new tokens"
-                    )
+                status = _usage_text(data.get("usage")) or status
                 yield state, chatbot_messages(state), status
         except requests.RequestException as e:
             logger.warning("worker %s failed: %s", address, e)
@@ -239,11 +282,11 @@ class WebDemo:
         yield state, chatbot_messages(state), status
 
     def _with_model_template(self, state: Conversation, model: str, address: str) -> Conversation:
+        stored = self.client.worker_info(address).get("conv_template")
         try:
-            template = self.client.worker_info(address).get("conv_template") or select_conv_mode(model)
-        except requests.RequestException:
-            template = select_conv_mode(model)
-        new_state = get_conv_template(template)
+            new_state = get_conv_template(stored if isinstance(stored, str) else select_conv_mode(model))
+        except ValueError:  # a template this demo does not know: the name decides
+            new_state = get_conv_template(select_conv_mode(model))
         new_state.append_message(new_state.roles[0], state.messages[-2][1])
         new_state.append_message(new_state.roles[1], None)
         return new_state
@@ -268,95 +311,107 @@ class WebDemo:
 
     def build(self) -> gr.Blocks:
         models = self.client.list_models()
-        chatbot_kwargs = {"type": "messages"} if "type" in inspect.signature(gr.Chatbot.__init__).parameters else {}
         with gr.Blocks(title="M3: Matryoshka Multimodal Models", analytics_enabled=False) as demo:
             state = gr.State(None)
-            gr.Markdown(
-                "# M3: Matryoshka Multimodal Models\nChat about an image with a visual-token budget of your choice."
-            )
+            if not self.embed:
+                gr.Markdown(
+                    "# M3: Matryoshka Multimodal Models\nChat about an image with a visual-token budget of your choice."
+                )
             with gr.Row():
                 with gr.Column(scale=3):
-                    model_selector = gr.Dropdown(
-                        choices=models,
-                        value=models[0] if models else None,
-                        label="Model",
-                        interactive=True,
-                        elem_id="model_selector",
-                    )
-                    imagebox = gr.Image(type="pil", label="Image", elem_id="imagebox")
-                    mode = gr.Radio(
-                        IMAGE_PROCESS_MODES, value="Default", label="Preprocess for non-square image", visible=False
-                    )
-                    budget = gr.Radio(
-                        budget_choices(),
-                        value=576,
-                        label="Visual-token budget (matryoshka_vis_token_scale)",
-                        elem_id="budget",
-                    )
-                    budget_info = gr.Markdown(budget_text(576, None, False), elem_id="budget_info")
-                    with gr.Accordion("Parameters", open=False):
-                        temperature = gr.Slider(
-                            0.0, 1.0, value=0.2, step=0.1, label="Temperature", elem_id="temperature"
-                        )
-                        top_p = gr.Slider(0.0, 1.0, value=0.7, step=0.1, label="Top P", elem_id="top_p")
-                        max_tokens = gr.Slider(
-                            1, 1024, value=512, step=1, label="Max output tokens", elem_id="max_tokens"
-                        )
+                    controls = _controls(models)
                 with gr.Column(scale=8):
-                    chatbot = gr.Chatbot(elem_id="chatbot", label="M3 chat", height=520, **chatbot_kwargs)
-                    with gr.Row():
-                        textbox = gr.Textbox(
-                            show_label=False,
-                            placeholder="Ask about the image and press ENTER",
-                            elem_id="question",
-                            scale=8,
-                        )
-                        send = gr.Button("Send", variant="primary", elem_id="send", scale=1)
-                    with gr.Row():
-                        regenerate = gr.Button("Regenerate", elem_id="regenerate")
-                        clear = gr.Button("Clear", elem_id="clear")
-                    status = gr.Markdown("", elem_id="status")
+                    chat = _chat()
             examples = self.examples()
             if examples:
-                gr.Examples(examples=examples, inputs=[imagebox, textbox], cache_examples=False)
-
-            bot_inputs = [state, model_selector, budget, temperature, top_p, max_tokens]
-            bot_outputs = [state, chatbot, status]
-            add_outputs = [state, chatbot, textbox, imagebox, status]
-            for trigger in (textbox.submit, send.click):
-                trigger(self.add_text, [state, textbox, imagebox, mode], add_outputs, queue=False).then(
-                    self.http_bot, bot_inputs, bot_outputs
-                )
-            regenerate.click(self.regenerate, [state], [state, chatbot, status], queue=False).then(
-                self.http_bot, bot_inputs, bot_outputs
-            )
-            clear.click(self.clear, None, [state, chatbot, textbox, imagebox, status], queue=False)
-            for trigger in (budget.change, imagebox.upload, model_selector.change):
-                trigger(self.update_budget, [model_selector, budget, imagebox, mode, state], [budget_info], queue=False)
-            if self.model_list_mode == "reload":
-                demo.load(self.load_models, None, [model_selector], queue=False)
+                gr.Examples(examples=examples, inputs=[controls.image, chat.textbox], cache_examples=False)
+            self._wire(demo, state, controls, chat)
         return demo
 
+    def _wire(self, demo: gr.Blocks, state: gr.State, controls: _Controls, chat: _Chat) -> None:
+        """Connect the page's events to the handlers."""
+        bot_inputs = [state, controls.model, controls.budget, controls.temperature, controls.top_p, controls.max_tokens]
+        bot_outputs = [state, chat.chatbot, chat.status]
+        add_inputs = [state, chat.textbox, controls.image, controls.mode]
+        add_outputs = [state, chat.chatbot, chat.textbox, controls.image, chat.status]
+        for trigger in (chat.textbox.submit, chat.send.click):
+            trigger(self.add_text, add_inputs, add_outputs, queue=False).then(self.http_bot, bot_inputs, bot_outputs)
+        chat.regenerate.click(self.regenerate, [state], bot_outputs, queue=False).then(
+            self.http_bot, bot_inputs, bot_outputs
+        )
+        chat.clear.click(self.clear, None, add_outputs, queue=False)
+        budget_inputs = [controls.model, controls.budget, controls.image, controls.mode, state]
+        for trigger in (controls.budget.change, controls.image.upload, controls.model.change):
+            trigger(self.update_budget, budget_inputs, [controls.budget_info], queue=False)
+        if self.model_list_mode == "reload":
+            demo.load(self.load_models, None, [controls.model], queue=False)
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="LLaVA/M3 web demo", prog="python -m llava.serve.gradio_web_server")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--controller-url", default="http://127.0.0.1:10000")
-    parser.add_argument("--concurrency-count", type=int, default=16)
-    parser.add_argument(
-        "--model-list-mode",
-        choices=["once", "reload"],
-        default="once",
-        help="read the model list once at startup, or on every page load",
+
+@dataclass
+class _Controls:
+    model: gr.Dropdown
+    image: gr.Image
+    mode: gr.Radio
+    budget: gr.Radio
+    budget_info: gr.Markdown
+    temperature: gr.Slider
+    top_p: gr.Slider
+    max_tokens: gr.Slider
+
+
+@dataclass
+class _Chat:
+    chatbot: gr.Chatbot
+    textbox: gr.Textbox
+    send: gr.Button
+    regenerate: gr.Button
+    clear: gr.Button
+    status: gr.Markdown
+
+
+def _controls(models: list[str]) -> _Controls:
+    """The left column: model, image, budget and sampling parameters."""
+    model = gr.Dropdown(
+        choices=models, value=models[0] if models else None, label="Model", interactive=True, elem_id="model_selector"
     )
-    parser.add_argument("--examples-dir", type=Path, default=DEFAULT_EXAMPLES_DIR)
-    parser.add_argument("--share", action="store_true")
-    return parser.parse_args(argv)
+    image = gr.Image(type="pil", label="Image", elem_id="imagebox")
+    mode = gr.Radio(IMAGE_PROCESS_MODES, value="Default", label="Preprocess for non-square image", visible=False)
+    budget = gr.Radio(
+        budget_choices(), value=576, label="Visual-token budget (matryoshka_vis_token_scale)", elem_id="budget"
+    )
+    budget_info = gr.Markdown(budget_text(576, None, False), elem_id="budget_info")
+    with gr.Accordion("Parameters", open=False):
+        temperature = gr.Slider(0.0, 1.0, value=0.2, step=0.1, label="Temperature", elem_id="temperature")
+        top_p = gr.Slider(0.0, 1.0, value=0.7, step=0.1, label="Top P", elem_id="top_p")
+        max_tokens = gr.Slider(1, 1024, value=512, step=1, label="Max output tokens", elem_id="max_tokens")
+    return _Controls(model, image, mode, budget, budget_info, temperature, top_p, max_tokens)
+
+
+def _chat() -> _Chat:
+    """The right column: the conversation, the question box and its buttons, the status line."""
+    chatbot_kwargs = {"type": "messages"} if "type" in inspect.signature(gr.Chatbot.__init__).parameters else {}
+    chatbot = gr.Chatbot(elem_id="chatbot", label="M3 chat", height=520, **chatbot_kwargs)
+    with gr.Row():
+        textbox = gr.Textbox(
+            show_label=False, placeholder="Ask about the image and press ENTER", elem_id="question", scale=8
+        )
+        send = gr.Button("Send", variant="primary", elem_id="send", scale=1)
+    with gr.Row():
+        regenerate = gr.Button("Regenerate", elem_id="regenerate")
+        clear = gr.Button("Clear", elem_id="clear")
+    status = gr.Markdown("", elem_id="status")
+    return _Chat(chatbot, textbox, send, regenerate, clear, status)
 
 
 def build_demo(args: argparse.Namespace) -> gr.Blocks:
-    demo = WebDemo(ControllerClient(args.controller_url), args.examples_dir, args.model_list_mode).build()
+    """The demo the flags describe, with its queue."""
+    if args.moderate:
+        raise SystemExit(
+            "--moderate (LLaVA's moderation of prompts through OpenAI's moderation API) is not available in this "
+            "demo; start it without --moderate"
+        )
+    client = ControllerClient(args.controller_url)
+    demo = WebDemo(client, args.examples_dir, args.model_list_mode, embed=args.embed).build()
     return demo.queue(default_concurrency_limit=args.concurrency_count, api_open=False)
 
 

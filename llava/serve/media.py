@@ -3,6 +3,10 @@
 A request carries each image as base64 data (the worker protocol), a `data:` URL (the OpenAI format)
 or, only when the operator allowed it, an http(s) URL. A file path or a `file://` URL is refused
 without touching the disk: a server must never be talked into reading its own files.
+
+Every allocation an image can cause is bounded before it is made: the encoded size, the decoded
+pixels (read from the header, before decompressing) and the largest image the model's preprocessing
+builds from it (`ImageLayout`: a 16384x1024 image within the pixel limit is padded to 16384x16384).
 """
 
 from __future__ import annotations
@@ -10,18 +14,17 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 import re
-import warnings
 from dataclasses import dataclass
 from io import BytesIO
 
 from PIL import Image, UnidentifiedImageError
 
-from llava.serve.errors import RequestError
+from llava.serve.http import MIB, RequestError
 
 logger = logging.getLogger(__name__)
 
-MIB = 1024 * 1024
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _WHITESPACE = re.compile(r"\s+")
 
@@ -39,15 +42,58 @@ class ImagePolicy:
     remote_timeout_s: float = 10.0
 
 
-def decode_image(source: str, policy: ImagePolicy) -> Image.Image:
-    """One image payload → an RGB image; raises `RequestError` (400 or 413) for anything else."""
+@dataclass(frozen=True)
+class ImageLayout:
+    """How a model's preprocessing (`llava.mm_utils.process_images`) resizes an image, so the largest image it
+    builds can be checked against the pixel limit before it is built."""
+
+    aspect_ratio: str | None
+    """The config's `image_aspect_ratio`: "pad", "anyres...", or None for the processor's own resize."""
+    input_side: int
+    """The side of the square the image processor outputs (336 for CLIP ViT-L/14-336)."""
+
+    def working_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the largest image preprocessing makes from a `width` x `height` one."""
+        if self.aspect_ratio == "pad":
+            side = max(width, height)
+            return side, side  # the square canvas the image is centred on
+        if self.aspect_ratio is not None and self.aspect_ratio.startswith("anyres"):
+            return width, height  # crops and base image are resized down to the grid pinpoints first
+        scale = self.input_side / min(width, height)  # shortest edge to the input side, aspect ratio kept
+        return math.ceil(width * scale), math.ceil(height * scale)
+
+
+def check_pixels(width: int, height: int, policy: ImagePolicy, layout: ImageLayout | None = None) -> None:
+    """413 unless the image, and what preprocessing makes of it, stay within `policy.max_image_pixels`."""
+    limit = policy.max_image_pixels
+    if width < 1 or height < 1:
+        raise RequestError(400, f"image of {width}x{height} pixels has no pixels")
+    if width * height > limit:
+        raise RequestError(413, f"image of {width}x{height} pixels is over the limit of {limit} pixels")
+    if layout is None:
+        return
+    work_w, work_h = layout.working_size(width, height)
+    if work_w * work_h > limit:
+        how = "padded to a square of" if layout.aspect_ratio == "pad" else "resized to"
+        raise RequestError(
+            413,
+            f"image of {width}x{height} pixels would be {how} {work_w}x{work_h} pixels for this model, over the "
+            f"limit of {limit} pixels (--max-image-pixels); crop it or make it less elongated",
+        )
+
+
+def decode_image(source: str, policy: ImagePolicy, layout: ImageLayout | None = None) -> Image.Image:
+    """One image payload → an RGB image; raises `RequestError` (400 or 413) for anything else.
+
+    With `layout`, images that the model's preprocessing would enlarge beyond the pixel limit are refused too.
+    """
     if not isinstance(source, str):
         raise RequestError(400, f"an image must be given as a string (base64 or URL), got {type(source).__name__}")
     source = source.strip()
     scheme_match = _SCHEME.match(source)
     scheme = scheme_match.group(1).lower() if scheme_match else None
     if scheme == "data":
-        return open_image(_data_url_bytes(source, policy), policy)
+        return open_image(_data_url_bytes(source, policy), policy, layout)
     if scheme in ("http", "https"):
         if not policy.allow_remote:
             raise RequestError(
@@ -55,14 +101,14 @@ def decode_image(source: str, policy: ImagePolicy) -> Image.Image:
                 "remote image URLs are not accepted by this server (start it with --allow-remote-images); "
                 "send the image inline as a base64 data: URL",
             )
-        return open_image(fetch_image_bytes(source, policy), policy)
+        return open_image(fetch_image_bytes(source, policy), policy, layout)
     if scheme is not None and len(scheme) > 1:  # one letter is a Windows drive, refused below as non-base64
         raise RequestError(
             400,
             f"image URLs with the scheme {scheme!r} are not accepted: the server never reads its own disk or "
             "other local resources; send the image inline as base64 or a data: URL",
         )
-    return open_image(b64decode_image(source, policy), policy)
+    return open_image(b64decode_image(source, policy), policy, layout)
 
 
 def _data_url_bytes(url: str, policy: ImagePolicy) -> bytes:
@@ -115,33 +161,20 @@ def fetch_image_bytes(url: str, policy: ImagePolicy) -> bytes:
                             413, f"image at {url} is larger than the limit of {policy.max_image_bytes} bytes"
                         )
                     chunks.append(chunk)
-    except httpx.HTTPError as e:
+    except (httpx.HTTPError, httpx.InvalidURL) as e:
         raise RequestError(400, f"cannot download image {url}: {e}") from e
     return b"".join(chunks)
 
 
-def open_image(raw: bytes, policy: ImagePolicy) -> Image.Image:
-    """Decode image bytes to RGB, checking the pixel count before the pixels are decompressed."""
+def open_image(raw: bytes, policy: ImagePolicy, layout: ImageLayout | None = None) -> Image.Image:
+    """Decode image bytes to RGB, checking the pixel counts (`check_pixels`) before the pixels are decompressed."""
     if len(raw) > policy.max_image_bytes:
         raise RequestError(413, f"image is larger than the limit of {policy.max_image_bytes} bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(BytesIO(raw)) as image:
-                width, height = image.size
-                if width * height > policy.max_image_pixels:
-                    raise RequestError(
-                        413, f"image of {width}x{height} pixels is over the limit of {policy.max_image_pixels} pixels"
-                    )
-                return image.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        with Image.open(BytesIO(raw)) as image:
+            check_pixels(*image.size, policy, layout)
+            return image.convert("RGB")
+    except Image.DecompressionBombError:
         raise RequestError(413, f"image is over the limit of {policy.max_image_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise RequestError(400, f"payload is not a readable image: {e}") from None
-
-
-def encode_image_b64(image: Image.Image, image_format: str = "PNG") -> str:
-    """A PIL image as base64 text, the form the worker protocol carries."""
-    buffer = BytesIO()
-    image.save(buffer, format=image_format)
-    return base64.b64encode(buffer.getvalue()).decode()

@@ -3,7 +3,7 @@
     python -m llava.serve.model_worker --host 127.0.0.1 --port 40000 --worker http://127.0.0.1:40000 \\
         --controller http://127.0.0.1:10000 --model-path mucai/llava-v1.5-7b-m3 --matryoshka_vis_token_scale 36
 
-Routes:
+Routes (bodies in protocol.py):
     POST /worker_generate_stream   {"prompt", "images": [base64...], "temperature", "top_p", "max_new_tokens",
                                     "stop", "matryoshka_vis_token_scale"} → NUL-delimited JSON chunks
                                     {"text": prompt + answer so far, "error_code": 0}; the last one adds
@@ -14,7 +14,8 @@ Routes:
     GET  /v1/models, POST /v1/chat/completions   the OpenAI-compatible API (see openai_api.py)
 
 Concurrent requests are generated in batches (mixed scales in one batch) of up to
-`--limit-model-concurrency`; see batcher.py.
+`--limit-model-concurrency`; see service.py. With a controller, the worker presents `--worker-key`
+(or $LLAVA_WORKER_KEY) when it registers and beats.
 """
 
 from __future__ import annotations
@@ -28,44 +29,19 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import requests
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 
 from llava.constants import WORKER_HEART_BEAT_INTERVAL
-from llava.serve.engine import SamplingParams
-from llava.serve.errors import RequestError
-from llava.serve.http import parse_model, read_json_body, run_server
+from llava.generation import SamplingParams
+from llava.serve.args import parse_worker_args as parse_args
+from llava.serve.engine import PreparedRequest
+from llava.serve.http import RequestError, create_json_app, guarded_stream, run_server
 from llava.serve.openai_api import create_openai_router
-from llava.serve.service import ModelService, add_model_arguments, add_serving_arguments, service_from_args
+from llava.serve.protocol import VisualTokensParams, WorkerGenerateParams
+from llava.serve.service import ChunkStream, ModelService, service_from_args
 
 logger = logging.getLogger(__name__)
-
-
-class WorkerGenerateParams(BaseModel):
-    """The body of `/worker_generate_stream` (field names of the original LLaVA worker)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
-    prompt: str
-    images: list[str] | None = None
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(256, ge=1)
-    stop: str | list[str] | None = None
-    matryoshka_vis_token_scale: Any = None
-
-
-class VisualTokensParams(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    matryoshka_vis_token_scale: Any = None
-    image_size: tuple[int, int] | None = None
-
-
-def worker_error(error: RequestError) -> JSONResponse:
-    return JSONResponse({"text": error.message, "error_code": error.status}, status_code=error.status)
 
 
 class ControllerLink:
@@ -81,36 +57,45 @@ class ControllerLink:
         worker_address: str,
         status: Callable[[], dict[str, Any]],
         interval_s: float = WORKER_HEART_BEAT_INTERVAL,
+        worker_key: str | None = None,
     ) -> None:
         self.controller_address = controller_address.rstrip("/")
         self.worker_address = worker_address
         self.status = status
         self.interval_s = interval_s
+        self.headers = {"Authorization": f"Bearer {worker_key}"} if worker_key else {}
         self.registered = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _post(self, route: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """POST to the controller; None (logged) when it cannot be reached or refuses."""
+        url = f"{self.controller_address}/{route}"
+        try:
+            response = requests.post(url, json=payload, headers=self.headers, timeout=5)
+        except requests.RequestException as e:
+            logger.warning("cannot reach controller %s: %s", url, e)
+            return None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"text": response.text[:200]}
+        if response.status_code != 200:
+            logger.error("controller %s refused (HTTP %d): %s", url, response.status_code, body.get("text", body))
+            return None
+        return body
+
     def register(self) -> bool:
         payload = {"worker_name": self.worker_address, "check_heart_beat": True, "worker_status": self.status()}
-        try:
-            response = requests.post(f"{self.controller_address}/register_worker", json=payload, timeout=5)
-            response.raise_for_status()
-        except requests.RequestException as e:
-            logger.warning("cannot register with controller %s: %s", self.controller_address, e)
+        if self._post("register_worker", payload) is None:
             return False
         logger.info("registered %s with controller %s", self.worker_address, self.controller_address)
         return True
 
     def heartbeat(self) -> None:
         payload = {"worker_name": self.worker_address, "queue_length": self.status()["queue_length"]}
-        try:
-            response = requests.post(f"{self.controller_address}/receive_heart_beat", json=payload, timeout=5)
-            response.raise_for_status()
-            exists = bool(response.json().get("exist"))
-        except (requests.RequestException, ValueError) as e:
-            logger.warning("heartbeat to controller %s failed: %s", self.controller_address, e)
-            return
-        if not exists:
+        answer = self._post("receive_heart_beat", payload)
+        if answer is not None and not answer.get("exist"):
             self.registered = self.register()
 
     def start(self) -> None:
@@ -133,6 +118,27 @@ class ControllerLink:
                 self.registered = self.register()
 
 
+def _chunk(message: dict[str, Any]) -> bytes:
+    return json.dumps(message).encode() + b"\0"
+
+
+async def _chunks(stream: ChunkStream, prompt: str, prepared: PreparedRequest) -> AsyncIterator[bytes]:
+    """The worker protocol's stream: the prompt and the answer so far in each chunk, usage in the last."""
+    async for chunk in stream:
+        message: dict[str, Any] = {"text": prompt + chunk.text, "error_code": 0}
+        if chunk.error is not None:
+            message.update(text=chunk.error, error_code=500)
+        if chunk.done:
+            message["finish_reason"] = chunk.finish_reason
+            message["usage"] = {
+                "prompt_tokens": prepared.prompt_tokens,
+                "visual_tokens": prepared.visual_tokens,
+                "completion_tokens": chunk.completion_tokens,
+                "matryoshka_vis_token_scale": prepared.scale,
+            }
+        yield _chunk(message)
+
+
 def create_app(service: ModelService, link: ControllerLink | None = None, api_key: str | None = None) -> FastAPI:
     """The worker's FastAPI app; its lifespan starts and stops the scheduler and the heartbeats."""
 
@@ -148,86 +154,44 @@ def create_app(service: ModelService, link: ControllerLink | None = None, api_ke
                 link.stop()
             service.stop()
 
-    app = FastAPI(title=f"LLaVA/M3 model worker: {service.model_name}", lifespan=lifespan)
+    app = create_json_app(
+        f"LLaVA/M3 model worker: {service.model_name}", service.limits.max_request_bytes, lifespan=lifespan
+    )
     app.state.service = service
 
     @app.post("/worker_generate_stream")
-    async def worker_generate_stream(request: Request) -> Any:
-        try:
-            with service.admission():
-                body = await read_json_body(request, service.limits.max_request_bytes)
-                params = parse_model(WorkerGenerateParams, body)
-                if params.model is not None and params.model != service.model_name:
-                    raise RequestError(404, f"this worker serves {service.model_name!r}, not {params.model!r}")
-                stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or [])
-                sampling = SamplingParams(params.temperature, params.top_p, params.max_new_tokens, tuple(stop))
-                prepared = await service.prepare(
-                    params.prompt, params.images or [], params.matryoshka_vis_token_scale, sampling
-                )
-                stream = service.open_stream(prepared)
-        except RequestError as e:
-            logger.info("refused a request: %s", e)
-            return worker_error(e)
+    async def worker_generate_stream(params: WorkerGenerateParams) -> StreamingResponse:
+        """Generate an answer, streamed as NUL-delimited JSON chunks (bad input: a JSON error before any chunk)."""
+        with service.admission():
+            if params.model is not None and params.model != service.model_name:
+                raise RequestError(404, f"this worker serves {service.model_name!r}, not {params.model!r}", "model")
+            sampling = SamplingParams(params.temperature, params.top_p, params.max_new_tokens, params.stop_strings)
+            prepared = await service.prepare(
+                params.prompt, params.images or [], params.matryoshka_vis_token_scale, sampling
+            )
+            stream = service.open_stream(prepared)
 
-        async def body() -> AsyncIterator[bytes]:
-            async for chunk in stream:
-                message: dict[str, Any] = {"text": params.prompt + chunk.text, "error_code": 0}
-                if chunk.error is not None:
-                    message.update(text=chunk.error, error_code=500)
-                if chunk.done:
-                    message["finish_reason"] = chunk.finish_reason
-                    message["usage"] = {
-                        "prompt_tokens": prepared.prompt_tokens,
-                        "visual_tokens": prepared.visual_tokens,
-                        "completion_tokens": chunk.completion_tokens,
-                        "matryoshka_vis_token_scale": prepared.scale,
-                    }
-                yield json.dumps(message).encode() + b"\0"
-
-        return StreamingResponse(body(), media_type="application/octet-stream")
+        body = guarded_stream(_chunks(stream, params.prompt, prepared), "/worker_generate_stream", _chunk)
+        return StreamingResponse(body, media_type="application/octet-stream")
 
     @app.post("/worker_get_status")
     async def worker_get_status() -> dict[str, Any]:
         return service.status()
 
     @app.post("/worker_visual_tokens")
-    async def worker_visual_tokens(request: Request) -> Any:
-        try:
-            params = parse_model(VisualTokensParams, await read_json_body(request, 64 * 1024))
-            scale = service.engine.resolve_scale(params.matryoshka_vis_token_scale)
-            return {
-                "matryoshka_vis_token_scale": scale,
-                "visual_tokens": service.engine.num_visual_tokens(scale, params.image_size),
-                "per_crop": scale,
-                "anyres": service.engine.is_anyres,
-            }
-        except RequestError as e:
-            return worker_error(e)
+    async def worker_visual_tokens(params: VisualTokensParams) -> dict[str, Any]:
+        """The visual tokens one image costs at a budget (for anyres, an image of `image_size`)."""
+        scale = service.engine.resolve_scale(params.matryoshka_vis_token_scale)
+        size = tuple(params.image_size) if params.image_size is not None else None
+        return {
+            "matryoshka_vis_token_scale": scale,
+            "visual_tokens": service.engine.num_visual_tokens(scale, size),
+            "per_crop": scale,
+            "anyres": service.engine.is_anyres,
+        }
 
     app.include_router(create_openai_router(service, api_key=api_key))
     return app
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="LLaVA/M3 model worker", prog="python -m llava.serve.model_worker")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=40000)
-    parser.add_argument(
-        "--worker-address",
-        "--worker",
-        dest="worker_address",
-        default=None,
-        help="URL the controller reaches this worker at (default: http://HOST:PORT)",
-    )
-    parser.add_argument(
-        "--controller-address", "--controller", dest="controller_address", default="http://127.0.0.1:10000"
-    )
-    parser.add_argument("--no-register", action="store_true", help="serve without registering with a controller")
-    parser.add_argument("--heartbeat-interval", type=float, default=WORKER_HEART_BEAT_INTERVAL, help="seconds")
-    parser.add_argument("--log-level", default="info")
-    add_model_arguments(parser)
-    add_serving_arguments(parser)
-    return parser.parse_args(argv)
 
 
 def build_app(args: argparse.Namespace) -> FastAPI:
@@ -236,7 +200,9 @@ def build_app(args: argparse.Namespace) -> FastAPI:
     worker_address = args.worker_address or f"http://{args.host}:{args.port}"
     link = None
     if not args.no_register:
-        link = ControllerLink(args.controller_address, worker_address, service.status, args.heartbeat_interval)
+        link = ControllerLink(
+            args.controller_address, worker_address, service.status, args.heartbeat_interval, args.worker_key
+        )
     return create_app(service, link, api_key=args.api_key)
 
 

@@ -8,13 +8,12 @@ Messages use the OpenAI format (string content, or `text` and `image_url` parts 
 URLs; http(s) URLs only with `--allow-remote-images`). `stream: true` answers with server-sent events.
 The visual-token budget is the extra field `matryoshka_vis_token_scale` (with the `openai` client:
 `extra_body={"matryoshka_vis_token_scale": 9}`), and `usage.prompt_tokens` counts the visual tokens
-the images really cost at that budget (also reported as `usage.visual_tokens`).
+the images really cost at that budget (also reported as `usage.visual_tokens`). A client that hangs up
+before a non-streamed answer is complete cancels its generation, as one that closes a stream does.
 """
 
 from __future__ import annotations
 
-import argparse
-import hmac
 import json
 import logging
 import time
@@ -23,78 +22,64 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import Field
 
-from llava.generation import ChatTurn, build_chat_prompt
-from llava.serve.engine import PreparedRequest, SamplingParams
-from llava.serve.errors import RequestError
-from llava.serve.http import parse_model, read_json_body, run_server
-from llava.serve.service import (
-    ChunkStream,
-    ModelService,
-    add_model_arguments,
-    add_serving_arguments,
-    service_from_args,
+from llava.generation import ChatTurn, SamplingParams, build_chat_prompt
+from llava.serve.args import parse_openai_api_args as parse_args
+from llava.serve.engine import GenerationChunk, PreparedRequest
+from llava.serve.http import (
+    RequestError,
+    RequestModel,
+    Text,
+    bearer_token_matches,
+    create_json_app,
+    guarded_stream,
+    json_router,
+    run_server,
+    until_disconnected,
 )
+from llava.serve.protocol import MAX_TOKENS, ModelName, Scale, Temperature, TopP
+from llava.serve.service import ChunkStream, ModelService, service_from_args
 
 logger = logging.getLogger(__name__)
 
 
-class ImageURL(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    url: str
-    detail: str | None = None
+class ImageURL(RequestModel):
+    url: Text
+    detail: Text | None = None
 
 
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ContentPart(RequestModel):
     type: Literal["text", "image_url"]
-    text: str | None = None
-    image_url: ImageURL | str | None = None
+    text: Text | None = None
+    image_url: ImageURL | Text | None = None
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ChatMessage(RequestModel):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+    content: Text | list[ContentPart] | None = None
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class StreamOptions(RequestModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(RequestModel):
     """The fields of OpenAI's chat completion request this server honours; others are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    model: str
+    model: ModelName
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    stop: Text | list[Text] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)
-    matryoshka_vis_token_scale: Any = None
-
-
-def openai_error(error: RequestError) -> JSONResponse:
-    kinds = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large", 503: "server_busy"}
-    body = {
-        "error": {
-            "message": error.message,
-            "type": kinds.get(error.status, "invalid_request_error"),
-            "param": error.param,
-            "code": error.status,
-        }
-    }
-    return JSONResponse(body, status_code=error.status)
+    matryoshka_vis_token_scale: Scale | None = None
 
 
 def _turns(messages: Sequence[ChatMessage]) -> list[ChatTurn]:
@@ -130,22 +115,15 @@ def _usage(prepared: PreparedRequest, completion_tokens: int) -> dict[str, int]:
 
 def create_openai_router(service: ModelService, api_key: str | None = None) -> APIRouter:
     """The `/v1` routes over a model service; with `api_key`, requests must send `Authorization: Bearer KEY`."""
-    router = APIRouter()
 
     def check_key(request: Request) -> None:
-        if api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        if api_key is not None and not bearer_token_matches(request, api_key):
             raise RequestError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')")
 
-    @router.get("/v1/models")
-    async def list_models(request: Request) -> Any:
-        try:
-            check_key(request)
-        except RequestError as e:
-            return openai_error(e)
+    router = json_router()
+
+    @router.get("/v1/models", dependencies=[Depends(check_key)])
+    async def list_models() -> dict[str, Any]:
         card = {
             "id": service.model_name,
             "object": "model",
@@ -155,10 +133,8 @@ def create_openai_router(service: ModelService, api_key: str | None = None) -> A
         }
         return {"object": "list", "data": [card]}
 
-    async def start(request: Request) -> tuple[ChatCompletionRequest, PreparedRequest, ChunkStream]:
-        """Check, parse, validate and queue a chat completion; raises `RequestError`."""
-        check_key(request)
-        body = parse_model(ChatCompletionRequest, await read_json_body(request, service.limits.max_request_bytes))
+    async def start(body: ChatCompletionRequest) -> tuple[PreparedRequest, ChunkStream]:
+        """Validate and queue a chat completion; raises `RequestError`."""
         if body.model != service.model_name:
             raise RequestError(
                 404, f"model {body.model!r} is not served here; available: [{service.model_name!r}]", "model"
@@ -173,45 +149,56 @@ def create_openai_router(service: ModelService, api_key: str | None = None) -> A
         max_tokens = body.max_completion_tokens or body.max_tokens or service.engine.max_new_tokens_limit
         sampling = SamplingParams(body.temperature, body.top_p, max_tokens, tuple(stop))
         prepared = await service.prepare(prompt, images, body.matryoshka_vis_token_scale, sampling)
-        return body, prepared, service.open_stream(prepared)
+        return prepared, service.open_stream(prepared)
 
-    @router.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Any:
-        try:
-            with service.admission():
-                body, prepared, stream = await start(request)
-        except RequestError as e:
-            logger.info("refused a chat completion: %s", e)
-            return openai_error(e)
+    @router.post("/v1/chat/completions", dependencies=[Depends(check_key)])
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+        """A chat completion, streamed as server-sent events with `stream: true`."""
+        with service.admission():
+            prepared, stream = await start(body)
 
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             events = _sse_events(stream, prepared, completion_id, created, service.model_name, include_usage)
+            events = guarded_stream(events, "/v1/chat/completions", _sse_error)
             return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-        final = await stream.final()
+        final = await until_disconnected(request, stream.final())
+        if final is None:  # the client hung up; its generation was cancelled and nobody reads this
+            return Response(status_code=499)
         if final.finish_reason == "error":
-            return openai_error(RequestError(500, final.error or "generation failed"))
-        return {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": service.model_name,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": final.text},
-                    "finish_reason": final.finish_reason,
-                    "logprobs": None,
-                }
-            ],
-            "usage": _usage(prepared, final.completion_tokens),
-            "matryoshka_vis_token_scale": prepared.scale,
-        }
+            raise RequestError(500, final.error or "generation failed")
+        return _completion(completion_id, created, service.model_name, prepared, final)
 
     return router
+
+
+def _completion(
+    completion_id: str, created: int, model: str, prepared: PreparedRequest, final: GenerationChunk
+) -> dict[str, Any]:
+    """A whole (non-streamed) chat completion, as OpenAI answers it."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": final.text},
+                "finish_reason": final.finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": _usage(prepared, final.completion_tokens),
+        "matryoshka_vis_token_scale": prepared.scale,
+    }
+
+
+def _sse_error(body: dict[str, Any]) -> str:
+    return f"data: {json.dumps(body)}\n\n"
 
 
 async def _sse_events(
@@ -233,7 +220,7 @@ async def _sse_events(
     yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
     async for chunk in stream:
         if chunk.error is not None:
-            yield f"data: {json.dumps({'error': {'message': chunk.error, 'type': 'server_error', 'code': 500}})}\n\n"
+            yield _sse_error({"error": {"message": chunk.error, "type": "server_error", "code": 500}})
             break
         if chunk.delta:
             yield event([{"index": 0, "delta": {"content": chunk.delta}, "finish_reason": None}])
@@ -258,22 +245,12 @@ def create_app(service: ModelService, api_key: str | None = None) -> FastAPI:
         finally:
             service.stop()
 
-    app = FastAPI(title=f"LLaVA/M3 OpenAI-compatible API: {service.model_name}", lifespan=lifespan)
+    app = create_json_app(
+        f"LLaVA/M3 OpenAI-compatible API: {service.model_name}", service.limits.max_request_bytes, lifespan=lifespan
+    )
     app.state.service = service
     app.include_router(create_openai_router(service, api_key=api_key))
     return app
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="OpenAI-compatible LLaVA/M3 server", prog="python -m llava.serve.openai_api"
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--log-level", default="info")
-    add_model_arguments(parser)
-    add_serving_arguments(parser)
-    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,17 +1,26 @@
-"""`ModelService`: an engine, its batch scheduler and the request limits, as the async HTTP servers use them.
+"""Serving one model to many clients: the batch scheduler and `ModelService`, the async face the servers use.
 
-A server handler calls `prepare` (decodes images and validates in a worker thread, raising
-`RequestError`), then `open_stream` (503 when the queue is full) and iterates the returned
+`BatchScheduler` is one thread that serves concurrent requests in batches instead of one at a time.
+Requests wait in a queue; the thread takes the first, gathers whatever else arrives within
+`batch_wait_s` up to `max_batch_size`, and runs them as one `InferenceEngine.run_batch` (mixed
+scales and sampling settings in one batch). While a batch runs, new requests queue for the next.
+Requests the server has already received but is still decoding (announced with `expect`) are
+waited for up to `max_wait_s`: without that, clients that send together were split into small
+batches just because their images were decoded one after another.
+
+A server handler calls `ModelService.prepare` (decodes images and validates in a worker thread,
+raising `RequestError`), then `open_stream` (503 when the queue is full) and iterates the returned
 `ChunkStream`, which is fed from the scheduler's thread. Closing the stream early (a client that
 disconnected) cancels the request at the next generation step.
-
-Also here: the command-line flags every model-serving entry point shares, declared once.
+Each service owns its scheduler, queue, thread and counters; nothing is shared between services.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -20,19 +29,131 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from llava.generation import add_scale_argument, default_device
-from llava.serve.batcher import BatchScheduler
-from llava.serve.engine import (
-    DEFAULT_MAX_IMAGES,
-    DEFAULT_MAX_NEW_TOKENS_LIMIT,
-    GenerationChunk,
-    InferenceEngine,
-    Job,
-    PreparedRequest,
-    SamplingParams,
-)
-from llava.serve.errors import RequestError
-from llava.serve.media import MIB, ImagePolicy, decode_image
+from llava.generation import SamplingParams
+from llava.mm_utils import processor_crop_size
+from llava.serve.engine import GenerationChunk, InferenceEngine, Job, PreparedRequest
+from llava.serve.http import MIB, RequestError
+from llava.serve.media import ImageLayout, ImagePolicy, decode_image
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SchedulerStats:
+    batches: int = 0
+    requests: int = 0
+    largest_batch: int = 0
+    cancelled: int = 0
+    """Requests whose client went away before their answer was complete."""
+
+
+class BatchScheduler:
+    """Feeds an engine from a queue, `max_batch_size` requests at a time."""
+
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        max_batch_size: int = 8,
+        batch_wait_s: float = 0.005,
+        max_wait_s: float = 0.05,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_s
+        self.max_wait_s = max(max_wait_s, batch_wait_s)
+        self.stats = SchedulerStats()
+        self._queue: queue.Queue[Job] = queue.Queue()
+        self._running = 0
+        self._incoming = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="llava-batch-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the running batch, then stop; requests still queued are failed, not lost silently."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            job.emit(GenerationChunk(text="", finish_reason="error", error="the server is shutting down"))
+
+    def submit(self, job: Job) -> None:
+        self._queue.put(job)
+
+    def expect(self) -> None:
+        """Announce a request that is being prepared and will probably be submitted soon."""
+        with self._lock:
+            self._incoming += 1
+
+    def expected_done(self) -> None:
+        """The announced request was submitted or refused."""
+        with self._lock:
+            self._incoming -= 1
+
+    @property
+    def queue_length(self) -> int:
+        """Requests waiting plus requests being generated (what the controller balances on)."""
+        with self._lock:
+            return self._queue.qsize() + self._running
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            batch = self._gather(first)
+            with self._lock:
+                self._running = len(batch)
+            try:
+                self.engine.run_batch(batch)
+            finally:
+                with self._lock:
+                    self._running = 0
+                self.stats.batches += 1
+                self.stats.requests += len(batch)
+                self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+                self.stats.cancelled += sum(job.cancelled for job in batch)
+
+    def _gather(self, first: Job) -> list[Job]:
+        """The first job and those that join it (see the module doc), less those cancelled while queued."""
+        batch = [first]
+        start = time.monotonic()
+        while len(batch) < self.max_batch_size:
+            waited = time.monotonic() - start
+            with self._lock:
+                incoming = self._incoming
+            if waited >= self.batch_wait_s and (incoming == 0 or waited >= self.max_wait_s):
+                try:
+                    batch.append(self._queue.get_nowait())
+                    continue
+                except queue.Empty:
+                    break
+            try:
+                batch.append(self._queue.get(timeout=0.002))
+            except queue.Empty:
+                continue
+        live = [job for job in batch if not job.cancelled]
+        self.stats.cancelled += len(batch) - len(live)
+        return live
 
 
 @dataclass(frozen=True)
@@ -63,10 +184,10 @@ class LoopMailbox:
         self._wake_pending = False
         self._last_wake = 0.0
 
-    def post(self, queue: asyncio.Queue, chunk: GenerationChunk, urgent: bool = True) -> None:
+    def post(self, inbox: asyncio.Queue, chunk: GenerationChunk, urgent: bool = True) -> None:
         now = time.monotonic()
         with self._lock:
-            self._items.append((queue, chunk))
+            self._items.append((inbox, chunk))
             if self._wake_pending or (not urgent and now - self._last_wake < self.min_interval_s):
                 return
             self._wake_pending = True
@@ -77,8 +198,8 @@ class LoopMailbox:
         with self._lock:
             items, self._items = self._items, deque()
             self._wake_pending = False
-        for queue, chunk in items:
-            queue.put_nowait(chunk)
+        for inbox, chunk in items:
+            inbox.put_nowait(chunk)
 
 
 class ChunkStream:
@@ -142,6 +263,9 @@ class ModelService:
         self.stream_interval_s = stream_interval_s
         self.limits = limits or ServiceLimits()
         self.scheduler = BatchScheduler(engine, max_batch_size=max_batch_size, batch_wait_s=batch_wait_s)
+        self.image_layout = ImageLayout(
+            engine.model.config.image_aspect_ratio, processor_crop_size(engine.generator.image_processor)
+        )
         self._mailboxes: dict[asyncio.AbstractEventLoop, LoopMailbox] = {}
 
     @property
@@ -155,7 +279,7 @@ class ModelService:
         self.scheduler.stop()
 
     async def prepare(
-        self, prompt: str, image_payloads: Sequence[str], scale: Any, sampling: SamplingParams
+        self, prompt: str, image_payloads: Sequence[str], scale: int | None, sampling: SamplingParams
     ) -> PreparedRequest:
         """Decode the images and validate the request off the event loop; raises `RequestError`."""
         if len(image_payloads) > self.engine.max_images:
@@ -165,9 +289,11 @@ class ModelService:
             )
         return await asyncio.to_thread(self._prepare, prompt, list(image_payloads), scale, sampling)
 
-    def _prepare(self, prompt: str, payloads: list[str], scale: Any, sampling: SamplingParams) -> PreparedRequest:
+    def _prepare(
+        self, prompt: str, payloads: list[str], scale: int | None, sampling: SamplingParams
+    ) -> PreparedRequest:
         self.engine.resolve_scale(scale)  # a bad scale is reported before any image is decoded
-        images = [decode_image(payload, self.limits.image) for payload in payloads]
+        images = [decode_image(payload, self.limits.image, self.image_layout) for payload in payloads]
         return self.engine.prepare(prompt, images, scale, sampling)
 
     @contextmanager
@@ -203,83 +329,8 @@ class ModelService:
             "batches": self.scheduler.stats.batches,
             "requests_generated": self.scheduler.stats.requests,
             "largest_batch": self.scheduler.stats.largest_batch,
+            "requests_cancelled": self.scheduler.stats.cancelled,
         }
-
-
-# -- command-line flags shared by model_worker, openai_api and cli ------------------------------
-
-
-def add_loading_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """How `load_pretrained_model` loads the checkpoint: quantisation, attention, compile, CPU packing.
-
-    Shared by the worker, the OpenAI-style server and `llava.serve.cli`.
-    """
-    parser.add_argument("--load-8bit", action="store_true")
-    parser.add_argument("--load-4bit", action="store_true")
-    parser.add_argument("--use-flash-attn", action="store_true")
-    parser.add_argument(
-        "--torch-compile",
-        action="store_true",
-        help="torch.compile the vision tower and projector (first image per shape compiles)",
-    )
-    parser.add_argument(
-        "--cpu-weight-prepack",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="CPU, float32: pack linear weights once for oneDNN (faster prefill and decode). Default: the "
-        "layers where it pays, whenever it applies; --cpu-weight-prepack packs every layer, "
-        "--no-cpu-weight-prepack none",
-    )
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument("--model-path", required=True, help="checkpoint folder or hub id")
-    group.add_argument("--model-base", default=None, help="base LLM for LoRA or projector-only checkpoints")
-    group.add_argument("--model-name", default=None, help="name clients use (default: from --model-path)")
-    group.add_argument("--device", default=default_device(), help="cuda, mps or cpu (default: the best available)")
-    add_loading_arguments(group)
-    group.add_argument("--conv-mode", default=None, help="conversation template (default: the checkpoint's)")
-    add_scale_argument(group, "default visual-token budget when a request names none (1/9/36/144/576)")
-
-
-def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("serving")
-    group.add_argument(
-        "--limit-model-concurrency",
-        type=int,
-        default=8,
-        help="most requests generated at once (one batch); more wait in the queue",
-    )
-    group.add_argument(
-        "--batch-wait-ms",
-        type=float,
-        default=5.0,
-        help="how long the first request of a batch waits for others to join",
-    )
-    group.add_argument(
-        "--stream-interval-ms",
-        type=float,
-        default=20.0,
-        help="stream text to clients at most this often (first and last chunks go at once)",
-    )
-    group.add_argument("--max-queued-requests", type=int, default=256, help="503 beyond this many queued requests")
-    group.add_argument("--max-request-bytes", type=int, default=32 * MIB, help="413 for larger request bodies")
-    group.add_argument("--max-image-bytes", type=int, default=10 * MIB, help="413 for larger images")
-    group.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="413 for images with more pixels")
-    group.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES, help="400 for more images per request")
-    group.add_argument(
-        "--max-new-tokens-limit",
-        type=int,
-        default=DEFAULT_MAX_NEW_TOKENS_LIMIT,
-        help="cap on max_new_tokens / max_tokens",
-    )
-    group.add_argument(
-        "--allow-remote-images",
-        action="store_true",
-        help="fetch http(s) image URLs in requests (off: only inline base64 / data: URLs)",
-    )
-    group.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on the /v1 routes")
 
 
 def service_from_args(args: argparse.Namespace) -> ModelService:

@@ -29,6 +29,7 @@ from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAUL
 from llava.model import LLAVA_MODEL_CLASSES
 from llava.model.matryoshka import parse_scales
 from llava.model.tokenizer import load_tokenizer as load_checkpoint_tokenizer
+from llava.optional import optional_dependency
 from llava.train.arguments import ModelArguments, TrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ def gathered(params: Iterable[nn.Parameter]) -> Iterator[None]:
     if not is_deepspeed_zero3_enabled():
         yield
         return
-    import deepspeed
+    with optional_dependency():
+        import deepspeed
 
     with deepspeed.zero.GatheredParameters(list(params), modifier_rank=0):
         yield
@@ -206,7 +208,8 @@ def lora_target_modules(model: nn.Module) -> list[str]:
 
 
 def apply_lora(model: Any, training_args: TrainingArguments) -> Any:
-    from peft import LoraConfig, get_peft_model
+    with optional_dependency():
+        from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
         r=training_args.lora_r,
@@ -237,6 +240,8 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, to
     dtype = compute_dtype(training_args)
     load_kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": model_args.attn_implementation}
     if training_args.bits in (4, 8):
+        with optional_dependency():
+            import bitsandbytes  # noqa: F401  (transformers imports it to quantise; fail here, naming the extra)
         load_kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=training_args.bits == 4,
             load_in_8bit=training_args.bits == 8,
@@ -258,7 +263,8 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, to
         load_projector_weights(model, model_args.pretrain_mm_mlp_adapter)
     add_image_tokens(tokenizer, model)
     if training_args.bits in (4, 8):
-        from peft import prepare_model_for_kbit_training
+        with optional_dependency():
+            from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
     if training_args.gradient_checkpointing:

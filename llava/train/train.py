@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, set_seed
 
+from llava.optional import optional_dependency
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from llava.train.checkpoints import last_complete_checkpoint, remove_unfinished, require_complete
 from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, VisualTokenBudget
@@ -96,7 +97,8 @@ def _init_deepspeed_comm(training_args: TrainingArguments) -> None:
     Accelerate does this itself on GPUs; with `--use_cpu` (DS_ACCELERATOR=cpu, gloo) it sets up
     torch.distributed alone and `deepspeed.zero.Init` would believe it runs on one process.
     """
-    import deepspeed
+    with optional_dependency():
+        import deepspeed
 
     if training_args.world_size > 1 and not deepspeed.comm.is_initialized():
         deepspeed.init_distributed(dist_backend=training_args.ddp_backend or "gloo", auto_mpi_discovery=False)

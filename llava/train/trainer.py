@@ -26,6 +26,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, rotate_checkpoints
 
 from llava.model.builder import _load_extra_weights
+from llava.optional import optional_dependency
 from llava.train.checkpoints import PROJECTOR_FILE, UNFINISHED_DIR, publish, remove_unfinished
 from llava.train.model_setup import gathered, load_projector_weights
 from llava.train.sampler import ModalityLengthGroupedSampler
@@ -96,7 +97,8 @@ class LLaVATrainer(Trainer):
             optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             if self._offloads_optimizer():
                 # ZeRO-Offload steps on the CPU and insists on DeepSpeed's CPU Adam; keep our groups.
-                from deepspeed.ops.adam import DeepSpeedCPUAdam
+                with optional_dependency():
+                    from deepspeed.ops.adam import DeepSpeedCPUAdam
 
                 optimizer_cls = DeepSpeedCPUAdam
                 kwargs = {

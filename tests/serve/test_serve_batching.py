@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from llava.serve.batcher import BatchScheduler
 from llava.serve.engine import GenerationChunk, InferenceEngine, Job, SamplingParams
-from llava.serve.service import LoopMailbox
+from llava.serve.service import BatchScheduler, LoopMailbox
 
 PROMPT = "USER: <image>\nWhat is in the image? ASSISTANT:"
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from llava.generation import PerRowSampling, SamplingParams, top_p_filter
 from llava.serve.engine import GenerationChunk, InferenceEngine, Job
-from llava.serve.errors import RequestError
+from llava.serve.http import RequestError
 
 PROMPT = "USER: <image>\nWhat is in the image? ASSISTANT:"
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=6)

@@ -13,6 +13,10 @@ import httpx
 import pytest
 from PIL import Image
 from serve_helpers import start_controller, start_worker, wait_for
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
 from llava.data import shapes
 from llava.serve import gradio_web_server as web
@@ -196,3 +200,50 @@ def set_number(field, value: str) -> None:
         if field.input_value() == value:
             return
     raise AssertionError(f"the number box kept {field.input_value()!r} instead of {value!r}")
+
+
+def broken_backend() -> Starlette:
+    """A controller and two workers that answer nonsense: HTML, JSON of the wrong shape, unreadable chunks."""
+
+    async def list_models(request: Request) -> Response:
+        return JSONResponse({"models": ["garbled", "crashing", 5]})
+
+    async def worker_address(request: Request) -> Response:
+        model = (await request.json())["model"]
+        return JSONResponse({"address": f"{request.base_url}{model}".rstrip("/")})
+
+    async def garbled_stream(request: Request) -> Response:
+        return Response(
+            b'{"text": "USER: hi", "error_code": 0}\0not json at all\0', media_type="application/octet-stream"
+        )
+
+    async def crashing_stream(request: Request) -> Response:
+        return PlainTextResponse("Internal Server Error", status_code=500)
+
+    async def html(request: Request) -> Response:
+        return HTMLResponse("<html>a proxy's error page</html>", status_code=502)
+
+    return Starlette(
+        routes=[
+            Route("/list_models", list_models, methods=["POST"]),
+            Route("/get_worker_address", worker_address, methods=["POST"]),
+            Route("/garbled/worker_generate_stream", garbled_stream, methods=["POST"]),
+            Route("/crashing/worker_generate_stream", crashing_stream, methods=["POST"]),
+            Route("/{path:path}", html, methods=["GET", "POST"]),
+        ]
+    )
+
+
+def test_backends_that_answer_nonsense_show_as_messages() -> None:
+    with BackgroundServer(broken_backend()) as backend:
+        demo = web.WebDemo(web.ControllerClient(backend.url), examples_dir=None)
+        assert demo.client.list_models() == ["crashing", "garbled"]  # the refresh failed, the number was dropped
+        image = Image.new("RGB", (40, 30))
+        for model in ("garbled", "crashing"):
+            assert demo.update_budget(model, 9, image, "Default") == web.budget_text(9, None, True)
+        answers = {}
+        for model in ("garbled", "crashing"):
+            state, *_ = demo.add_text(None, "hi", None, "Default")
+            answers[model] = last_answer(list(demo.http_bot(state, model, 9, 0.0, 1.0, 4)))
+    assert answers["garbled"] == "**Error 502:** the worker sent a chunk the demo cannot read"
+    assert answers["crashing"] == "**Error 500:** Internal Server Error"

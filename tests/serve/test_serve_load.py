@@ -113,3 +113,20 @@ def test_a_client_that_disconnects_does_not_stall_the_worker(worker: BackgroundS
             assert first
         done = client.post("/worker_generate_stream", json={**body, "max_new_tokens": 2})
         assert done.status_code == 200 and b'"finish_reason": "length"' in done.content
+
+
+def test_a_client_that_abandons_a_whole_answer_cancels_it(worker: BackgroundServer) -> None:
+    """A non-streamed request whose client hangs up stops generating, as an abandoned stream does."""
+
+    def status() -> dict:
+        return httpx.post(f"{worker.url}/worker_get_status", timeout=10).json()
+
+    model = status()["model_names"][0]
+    cancelled = status()["requests_cancelled"]
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up long before 1000 tokens are generated
+        httpx.post(f"{worker.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=1.0))
+    wait_for(lambda: status()["requests_cancelled"] == cancelled + 1, timeout=30, what="the request to be cancelled")
+    wait_for(lambda: status()["queue_length"] == 0, timeout=30, what="an idle worker")
+    answer = httpx.post(f"{worker.url}/v1/chat/completions", json={**body, "max_tokens": 2}, timeout=60)
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 2

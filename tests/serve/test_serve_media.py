@@ -5,14 +5,16 @@ from __future__ import annotations
 import base64
 import http.server
 import io
+import struct
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from llava.serve.errors import RequestError
+from llava.serve.http import RequestError
 from llava.serve.media import ImagePolicy, decode_image
 
 POLICY = ImagePolicy(max_image_bytes=64 * 1024, max_image_pixels=512 * 512)
@@ -91,3 +93,22 @@ def test_http_urls_are_fetched_only_when_allowed(image_site: str) -> None:
     assert decode_image(url, allowed).getpixel((0, 0)) == (1, 2, 3)
     assert refused(f"{image_site}/missing.png", allowed).status == 400
     assert refused(f"{image_site}/huge.bin", allowed).status == 413
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims `width` x `height` pixels but carries no pixel data: what a decompression bomb
+    looks like to a server that trusts the header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own, before our 413
+@pytest.mark.parametrize("side", [5000, 12_000, 100_000])
+def test_a_huge_header_is_refused_before_any_pixel_is_decoded(side: int) -> None:
+    """Below, between and beyond Pillow's own bomb thresholds: always a 413, never an allocation."""
+    error = refused(base64.b64encode(png_header_only(side, side)).decode(), ImagePolicy())
+    assert error.status == 413 and "pixels" in error.message

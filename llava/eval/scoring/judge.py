@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from llava.optional import optional_dependency
+
 Judge = Callable[[str], str]
 
 SYSTEM_PROMPT = "You are a helpful and precise assistant for checking the quality of the answer."
@@ -15,10 +17,8 @@ SYSTEM_PROMPT = "You are a helpful and precise assistant for checking the qualit
 
 def openai_judge(model: str, temperature: float = 0.2, max_tokens: int = 1024) -> Judge:
     """A judge backed by the OpenAI chat API (needs the `openai` package and OPENAI_API_KEY)."""
-    try:
+    with optional_dependency():
         from openai import OpenAI
-    except ImportError as e:
-        raise ImportError("the GPT judge needs the 'openai' package: pip install openai") from e
     client = OpenAI()
 
     def judge(prompt: str) -> str:

@@ -34,9 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
-
 from llava.eval.scoring.common import (
     Answer,
     ScoringError,
@@ -47,6 +44,11 @@ from llava.eval.scoring.common import (
     run_cli,
     write_outputs,
 )
+from llava.optional import optional_dependency
+
+with optional_dependency():
+    import pandas as pd
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
 logger = logging.getLogger(__name__)
 
