@@ -33,7 +33,7 @@ from llava.generation import SamplingParams
 from llava.mm_utils import processor_crop_size
 from llava.serve.engine import GenerationChunk, InferenceEngine, Job, PreparedRequest
 from llava.serve.http import MIB, RequestError
-from llava.serve.media import ImageLayout, ImagePolicy, decode_image
+from llava.serve.media import ImageLayout, ImagePolicy, VideoPolicy, decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -350,6 +350,7 @@ def service_from_args(args: argparse.Namespace) -> ModelService:
             max_image_bytes=args.max_image_bytes,
             max_image_pixels=args.max_image_pixels,
             allow_remote=args.allow_remote_images,
+            video=VideoPolicy.from_args(args),
         ),
     )
     return ModelService(

@@ -38,7 +38,7 @@ from vllm.multimodal.processing import (
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.mm_utils import process_images
 from llava.model.anyres import parse_grid_pinpoints
-from llava.model.builder import _load_image_processor
+from llava.model.builder import load_image_processor
 from llava.model.config import LlavaMultimodalConfig
 from llava.model.matryoshka import validate_scale
 from llava.model.multimodal_encoder.clip_encoder import load_clip_vision_config
@@ -95,7 +95,7 @@ class M3ProcessingInfo(BaseProcessingInfo):
 
     @cached_property
     def image_processor(self) -> CLIPImageProcessor:
-        return _load_image_processor(self.ctx.model_config.model, self.get_hf_config().mm_vision_tower)
+        return load_image_processor(self.ctx.model_config.model, self.get_hf_config())
 
     @property
     def crop_size(self) -> int:

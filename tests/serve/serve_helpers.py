@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import io
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -91,3 +94,24 @@ def spawn_worker(
 
     wait_for(up, timeout=180, what=f"the worker process on port {port}")
     return process, url
+
+
+@contextmanager
+def serve_folder(folder: Path) -> Iterator[str]:
+    """A plain http server of `folder`'s files on 127.0.0.1 (a remote site for the URL tests); yields its URL."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
