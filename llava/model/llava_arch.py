@@ -22,13 +22,14 @@ from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.model.anyres import count_anyres_tokens, merge_anyres_features
+from llava.model.anyres import merge_anyres_features
 from llava.model.config import LlavaMultimodalConfig
 from llava.model.matryoshka import pool_visual_tokens, validate_scale
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from llava.model.multimodal_projector.builder import build_vision_projector
 from llava.model.placement import first_weight, to_weight
 from llava.model.splice import SplicedBatch, check_image_count, count_image_placeholders, splice_visual_tokens
+from llava.model.visual_tokens import count_visual_tokens
 
 ImageInput = torch.Tensor | Sequence[torch.Tensor]
 ScaleArg = int | Sequence[int] | None
@@ -224,19 +225,7 @@ class LlavaMetaForCausalLM:
         `image_size` is (width, height) and matters only for anyres checkpoints, where a square
         image on a 2×2 grid with `spatial_unpad` costs s + 2√s·(2√s + 1) (576 → 2928, 9 → 51).
         """
-        scale = validate_scale(scale, self.grid_side)
-        per_crop = scale + (1 if self.config.mm_vision_select_feature == "cls_patch" else 0)
-        if not self.config.is_anyres:
-            return per_crop
-        if image_size is None:
-            raise ValueError("anyres checkpoints need the image size (width, height) to count visual tokens")
-        return count_anyres_tokens(
-            per_crop,
-            image_size,
-            self.config.image_grid_pinpoints,
-            self._require_tower().image_size,
-            self.config.mm_patch_merge_type,
-        )
+        return count_visual_tokens(self.config, scale, self.grid_side, self._require_tower().image_size, image_size)
 
     # -- images -----------------------------------------------------------------------------
 
