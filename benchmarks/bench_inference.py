@@ -26,7 +26,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.convert_hf import to_hf_llava
-from llava.model.cpu_packing import PACK_MIN_WEIGHTS, pack_linear_weights
+from llava.model.cpu_packing import PACK_MIN_WEIGHTS, prepare_for_inference
 from llava.testing import build_random_llava
 
 SCALES = [576, 144, 36, 9, 1]
@@ -249,15 +249,22 @@ def compare_with_transformers(hf, model, aspect, batch, args) -> dict[str, float
     }
 
 
+def environment(device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """Where a benchmark ran: device and dtype, CPU threads, the CPU's or GPU's name, torch's version."""
+    return {
+        "device": device,
+        "dtype": str(dtype),
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "cuda_device": torch.cuda.get_device_name() if device == "cuda" else None,
+        "torch": torch.__version__,
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "preset": args.preset,
-        "device": args.device,
-        "dtype": str(args.dtype),
-        "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "cuda_device": torch.cuda.get_device_name() if args.device == "cuda" else None,
-        "torch": torch.__version__,
+        **environment(args.device, args.dtype),
         "rows": [],
         "comparisons": [],
     }
@@ -360,10 +367,10 @@ def scaling_ratios(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str
 def bench_prepacked(
     model, hf, aspect: str, eager_rows: list[dict], args: argparse.Namespace
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """After the eager rows: pack the same model's linear weights for oneDNN as `load_pretrained_model`
-    does by default on the CPU (layers of `--pack-min-weights` weights or more), compare it with
-    transformers at 576 again and time every budget again."""
-    packed_layers = pack_linear_weights(model, args.pack_min_weights)
+    """After the eager rows: `prepare_for_inference(model)`, as every inference entry point calls it after
+    loading (on the CPU it packs the linear layers of `PACK_MIN_WEIGHTS` weights or more for oneDNN; every
+    layer with `--pack-every-layer`), compare it with transformers at 576 again and time every budget again."""
+    packed_layers = prepare_for_inference(model, True if args.pack_every_layer else None)
     total = packed_layers + sum(type(m) is torch.nn.Linear for m in model.modules())
     print(f"packed {packed_layers} of {total} linear layers", flush=True)
     out, comparisons = [], []
@@ -414,7 +421,7 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("prepacked"):
         lines += [
             "",
-            "After `pack_linear_weights()` (oneDNN-packed linear layers, `cpu_weight_prepack`), same model, same run:",
+            "After `prepare_for_inference()` (oneDNN-packed linear layers, `cpu_weight_prepack`), same model, same run:",
             "",
             "| aspect | batch | scale | vision s | TTFT s | decode tok/s | TTFT speed-up | decode speed-up |",
             "|---|---|---|---|---|---|---|---|",
@@ -475,15 +482,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--cpu-weight-prepack",
         action="store_true",
-        help="also time the same model after pack_linear_weights() (oneDNN-packed linear layers; CPU, float32), "
-        "as load_pretrained_model gives it by default on the CPU",
+        help="also time the same model after prepare_for_inference() (oneDNN-packed linear layers; CPU, float32), "
+        f"as the inference commands run it on the CPU (layers of {PACK_MIN_WEIGHTS} weights or more)",
     )
     parser.add_argument(
-        "--pack-min-weights",
-        type=int,
-        default=PACK_MIN_WEIGHTS,
-        help=f"with --cpu-weight-prepack: pack layers of at least this many weights (default {PACK_MIN_WEIGHTS}, "
-        "as load_pretrained_model; 0 packs every layer)",
+        "--pack-every-layer",
+        action="store_true",
+        help="with --cpu-weight-prepack: pack every linear layer (prepare_for_inference(model, cpu_weight_prepack=True))",
     )
     args = parser.parse_args(argv)
     if args.cpu_weight_prepack and (args.device != "cpu" or args.dtype not in (None, "float32")):

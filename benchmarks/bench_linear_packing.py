@@ -1,7 +1,7 @@
 """Plain `nn.Linear` against `PackedLinear` (oneDNN-packed weight) per layer shape and row count, CPU.
 
 The measurement behind `llava.model.cpu_packing.PACK_MIN_WEIGHTS`: the smallest weight that
-`load_pretrained_model` packs by default on the CPU.
+`prepare_for_inference` packs by default on the CPU.
 
     python benchmarks/bench_linear_packing.py --out linear_packing.json
 

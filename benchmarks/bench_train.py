@@ -27,10 +27,10 @@ from transformers import AutoTokenizer
 
 from llava.data.shapes import generate_split
 from llava.mm_utils import processor_crop_size
+from llava.model.builder import load_image_processor
 from llava.model.matryoshka import TRAINED_SCALES, parse_scales
 from llava.testing import build_tiny_llava
 from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, VisualTokenBudget
-from llava.train.model_setup import load_image_processor
 from llava.train.preprocess import ConversationTemplate
 
 
@@ -52,10 +52,7 @@ def load_model(args: argparse.Namespace, workdir: Path) -> Any:
     from llava.model.builder import load_pretrained_model
 
     path = args.model_path or str(build_tiny_llava(workdir / "tiny-llava"))
-    # It is trained below, so its linear layers must stay autograd-able nn.Linear (no CPU packing).
-    _, model, _, _ = load_pretrained_model(
-        path, None, Path(path).name, device=args.device, dtype=args.dtype, cpu_weight_prepack=False
-    )
+    _, model, _, _ = load_pretrained_model(path, None, Path(path).name, device=args.device, dtype=args.dtype)
     return model
 
 

@@ -9,9 +9,9 @@ a loaded model with its tokenizer, image processor and template; the prompt buil
 (`build_prompt` for one user turn, `build_chat_prompt` for a chat). The visual-token budget is passed
 through to the model as an int (or one int per row); the model resolves and validates it.
 
-A per-request budget policy (e.g. answer at a small budget first and escalate when unsure) belongs on
-`Generator`: `encode` runs the vision tower once, then `answer` can be called at any budget on that one
-encoding.
+`Generator.encode` runs the vision tower once; `answer` can then be called at any budget on that one
+encoding. The adaptive budget (answer at a small budget first, escalate when unsure) is built on that in
+`llava.adaptive`, through `Generator.generate`'s `observers` (which read the model's confidence).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAUL
 from llava.conversation import get_conv_template, select_conv_mode, template_stop
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model.matryoshka import parse_scales
+from llava.scale_policy import AUTO, AutoScale
 
 if TYPE_CHECKING:
     from llava.model.llava_arch import EncodedImages
@@ -44,16 +45,21 @@ def default_device() -> str:
 
 
 def add_scale_argument(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup, help: str, several: bool = False
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, help: str, several: bool = False, auto: bool = False
 ) -> None:
     """`--matryoshka_vis_token_scale N` (or `--matryoshka-vis-token-scale`): the command-line edge where a
     budget arrives as text, parsed here into an int, or with `several` into a list ("1,9,36,144,576").
-    Unset: None, the checkpoint's default."""
+    With `auto`, "auto" is accepted too (alone or in the list) and becomes `llava.scale_policy.AUTO`: the
+    checkpoint's calibrated policy. Unset: None, the checkpoint's default."""
+    if several:
+        kind = _auto_scales_argument if auto else _scales_argument
+    else:
+        kind = _auto_scale_argument if auto else int
     parser.add_argument(
         "--matryoshka_vis_token_scale",
         "--matryoshka-vis-token-scale",
         dest="matryoshka_vis_token_scale",
-        type=_scales_argument if several else int,
+        type=kind,
         default=None,
         help=help,
     )
@@ -64,6 +70,28 @@ def _scales_argument(text: str) -> list[int]:
         return parse_scales(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parse_scale_text(text: str) -> int | AutoScale:
+    """One budget typed by a user ("36" or "auto"): an int, or `AUTO`; a ValueError for anything else."""
+    if text.strip().lower() == str(AUTO):
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"matryoshka_vis_token_scale={text!r} is neither an integer budget nor 'auto'") from None
+
+
+def _auto_scale_argument(text: str) -> int | AutoScale:
+    try:
+        return parse_scale_text(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _auto_scales_argument(text: str) -> list[int | AutoScale]:
+    parts = text.strip().strip("[]()").split(",")
+    return [AUTO if part.strip().lower() == str(AUTO) else _scales_argument(part)[0] for part in parts]
 
 
 # -- prompts ----------------------------------------------------------------------------------------
@@ -100,11 +128,23 @@ def build_prompt(conv_mode: str, query: str, num_images: int) -> str:
 
 @dataclass
 class ChatTurn:
-    """One chat message: its role ("system", "user" or "assistant") and its text and image parts in order."""
+    """One chat message: its role ("system", "user" or "assistant") and its text, image and video parts in order."""
 
     role: str
     parts: list[tuple[str, Any]] = field(default_factory=list)
-    """("text", text) or ("image", payload) in the order they appear; the payload is passed through."""
+    """("text", text), ("image", payload) or ("video", payload) in the order they appear; payloads are passed
+    through."""
+
+
+class ChatVideo(NamedTuple):
+    """A video's place among a chat's images (`ChatPrompt.images`).
+
+    The model sees a video as one image, IG-VLM's grid of a few of its frames (`llava.video`), so a video
+    takes one `<image>` marker; this wrapper tells whoever decodes the images to build that grid from
+    `source`, the video part's payload as it was given.
+    """
+
+    source: Any
 
 
 class ChatPrompt(NamedTuple):
@@ -112,7 +152,7 @@ class ChatPrompt(NamedTuple):
 
     prompt: str
     images: list[Any]
-    """The image payloads, in the order of the prompt's `<image>` markers."""
+    """The image payloads, in the order of the prompt's `<image>` markers; a video's payload as a `ChatVideo`."""
     stop: str | None
     """The template's end of an assistant turn (`template_stop`)."""
 
@@ -120,7 +160,8 @@ class ChatPrompt(NamedTuple):
 def build_chat_prompt(turns: Sequence[ChatTurn], conv_mode: str) -> ChatPrompt:
     """Lay out a chat in template `conv_mode`, ending with the assistant's turn to write.
 
-    Images become `<image>` markers where they stand in a message, so images and markers always match.
+    Images and videos become `<image>` markers where they stand in a message, so images and markers always
+    match (a video is one image, its frame grid: see `ChatVideo`).
     System turns replace the template's system prompt; user and assistant turns must alternate
     starting with the user (consecutive turns of one role are joined) and end with the user.
     """
@@ -151,8 +192,8 @@ def build_chat_prompt(turns: Sequence[ChatTurn], conv_mode: str) -> ChatPrompt:
 def _turn_text(turn: ChatTurn, images: list[Any]) -> str:
     pieces = []
     for kind, value in turn.parts:
-        if kind == "image":
-            images.append(value)
+        if kind in ("image", "video"):
+            images.append(value if kind == "image" else ChatVideo(value))
             pieces.append(DEFAULT_IMAGE_TOKEN)
         else:
             pieces.append(value)
@@ -364,6 +405,7 @@ class Generator:
         params: SamplingParams | Sequence[SamplingParams],
         stopping: StoppingCriteria | None = None,
         logits_processor: LogitsProcessor | None = None,
+        observers: Sequence[LogitsProcessor] = (),
     ) -> torch.Tensor:
         """New token ids (B, T) for a batch of prompts in one `generate` call.
 
@@ -374,6 +416,8 @@ class Generator:
             stopping: what ends the rows (default: `StopStrings` over the params' stop strings); rows also
                 end on `end_token_ids` and at the largest `max_new_tokens`.
             logits_processor: applied after the sampling settings, e.g. to constrain what may be answered.
+            observers: see each step's scores before any sampling setting (they must not change them), e.g. to
+                read the model's confidence in its first answer token.
         """
         rows = [params] * len(batch.input_ids) if isinstance(params, SamplingParams) else list(params)
         num_beams = rows[0].num_beams
@@ -383,7 +427,7 @@ class Generator:
         ids, mask = left_pad(batch.input_ids, pad_token_id(self.tokenizer))
         device = self.model.get_input_embeddings().weight.device
         do_sample = any(p.temperature > 0 for p in rows)
-        processors = [PerRowSampling(rows, num_beams)] if do_sample else []
+        processors = [*observers, *([PerRowSampling(rows, num_beams)] if do_sample else [])]
         processors += [logits_processor] if logits_processor is not None else []
         return self.model.generate(
             ids.to(device),
@@ -413,7 +457,14 @@ class Generator:
     ) -> list[str]:
         """Answer a batch of prompts: generate, decode, and cut each answer where the assistant's turn
         ends (the template's stop) or at one of `params.stop`."""
-        stops = tuple(dict.fromkeys((*params.stop, *([self.stop] if self.stop else []))))
-        params = replace(params, stop=stops)
+        params = self.with_template_stop(params)
         output = self.generate(batch, scale, params, logits_processor=logits_processor)
+        return self.answer_texts(output, params.stop)
+
+    def with_template_stop(self, params: SamplingParams) -> SamplingParams:
+        """`params` whose stop strings also hold the end of the assistant's turn in this template."""
+        return replace(params, stop=tuple(dict.fromkeys((*params.stop, *([self.stop] if self.stop else [])))))
+
+    def answer_texts(self, output: torch.Tensor, stops: Sequence[str]) -> list[str]:
+        """Decoded rows of `generate`'s new tokens (B, T), each cut at its first stop string."""
         return [cut_at_stop(text, stops) for text in self.decode_batch(output)]

@@ -2,20 +2,35 @@
 
 Everything is built offline in well under a second: a CLIP vision tower whose patch grid is 24×24
 (as CLIP ViT-L/14 at 336 px, but 48 px images with 2 px patches), a byte-level BPE tokenizer and a
-small Llama. Checkpoints are written with `save_pretrained`, so loading them exercises the same
-code as a released checkpoint.
+small language model of any family we have (`MODEL_TYPES`: Llama, Mistral, Qwen2). Checkpoints are
+written with `save_pretrained`, so loading them exercises the same code as a released checkpoint;
+`save_as_original_llava` and `save_as_hf_llava` write the same model in the two other formats M3 loads.
+`write_test_video` writes short clips of moving M3-Shapes scenes whose frames carry their own index
+(`read_frame_index`), for the video path.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
 import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, PreTrainedTokenizerFast
 
+from llava.data.shapes import BACKGROUND_COLORS, Scene, Shape, render, shape_side
 from llava.model import LLAVA_MODEL_CLASSES
+from llava.model.convert_hf import to_hf_llava
+
+MODEL_TYPES = tuple(LLAVA_MODEL_CLASSES)
+"""Every language-model family of LLaVA/M3: llava_llama, llava_mistral, llava_qwen2."""
 
 TINY_CORPUS = (
     "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
@@ -103,7 +118,7 @@ def tiny_llava_config(
     fields: dict[str, Any] = dict(
         **TINY_LLM_FIELDS,
         vocab_size=vocab_size,
-        max_position_embeddings=4096,
+        max_position_embeddings=2048,  # the context the servers count prompts against
         mm_vision_tower=str(vision_tower),
         mm_projector_type="mlp2x_gelu",
         mm_vision_select_layer=-2,
@@ -167,6 +182,58 @@ def silence_non_text_tokens(lm_head_weight: torch.Tensor, tokenizer: Any) -> Non
                 lm_head_weight[token] = 0
 
 
+# Fields the original LLaVA code writes into its configs and ours does not.
+ORIGINAL_LLAVA_FIELDS: dict[str, Any] = dict(
+    use_mm_proj=True, freeze_mm_mlp_adapter=False, mm_projector_lr=None, tune_mm_vision_resampler=False
+)
+
+
+def save_as_original_llava(src: str | Path, dst: str | Path, keep_vision_tower: bool = False) -> Path:
+    """Copy an M3 checkpoint as the original LLaVA code saved its checkpoints (liuhaotian/llava-v1.5-7b).
+
+    `config.json` says `model_type: "llava"`, names the tower only by `mm_vision_tower` (no
+    `mm_vision_config`) and carries the original's extra fields; the weights keep their names and,
+    as in the released LLaVA checkpoints whose tower was frozen, leave the tower out unless
+    `keep_vision_tower`.
+    """
+    src, dst = Path(src), Path(dst)
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config.update(model_type="llava", **ORIGINAL_LLAVA_FIELDS)
+    for field in ("mm_vision_config", "conv_template", "tokenizer_padding_side", "tokenizer_model_max_length"):
+        config.pop(field, None)
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    if not keep_vision_tower:
+        state = load_file(dst / "model.safetensors")
+        save_file(
+            {k: v for k, v in state.items() if ".vision_tower." not in k}, dst / "model.safetensors", {"format": "pt"}
+        )
+    return dst
+
+
+def save_as_hf_llava(
+    model: Any, tokenizer: Any, image_processor: Any, dst: str | Path, hub_layout: bool = False
+) -> Path:
+    """Write an M3 model as a transformers LLaVA / LLaVA-NeXT checkpoint (the llava-hf layout).
+
+    Built with transformers' own classes (`convert_hf.to_hf_llava`) and their `save_pretrained`. With
+    `hub_layout`, the tower's weights are renamed as the llava-hf checkpoints on the hub store them
+    (`vision_tower.vision_model.*`; transformers 5 writes `vision_tower.*`).
+    """
+    dst = Path(dst)
+    to_hf_llava(model, image_token_index=tokenizer.unk_token_id).save_pretrained(dst)
+    tokenizer.save_pretrained(dst)
+    image_processor.save_pretrained(dst)
+    if hub_layout:
+        state = load_file(dst / "model.safetensors")
+        renamed = {
+            k.replace("vision_tower.", "vision_tower.vision_model.", 1) if k.startswith("vision_tower.") else k: v
+            for k, v in state.items()
+        }
+        save_file(renamed, dst / "model.safetensors", {"format": "pt"})
+    return dst
+
+
 # Shapes of random models for benchmarks: (vision tower, language model) config fields.
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "tiny": (
@@ -213,8 +280,10 @@ def build_random_llava(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    model_type: str = "llava_llama",
 ):
-    """A random LLaVA/M3 model of a `PRESETS` shape, built in memory on `device` (no files).
+    """A random LLaVA/M3 model of a `PRESETS` shape and a family of `MODEL_TYPES`, built in memory on
+    `device` (no files).
 
     `aspect` "pad" gives a LLaVA-1.5 layout; "anyres" a LLaVA-NeXT one (2×2 grid pinpoints,
     spatial_unpad). Returns the model in eval mode.
@@ -224,18 +293,92 @@ def build_random_llava(
     crop = vision["image_size"]
     overrides: dict[str, Any] = dict(mm_vision_config=vision_config.to_dict(), **text)
     overrides.setdefault("vocab_size", 512)
+    overrides.setdefault("max_position_embeddings", 4096)  # as the released 7B models
     if aspect == "anyres":
         pinpoints = [[2 * crop, crop], [crop, 2 * crop], [2 * crop, 2 * crop], [3 * crop, crop], [crop, 3 * crop]]
         overrides.update(
             image_aspect_ratio="anyres", image_grid_pinpoints=pinpoints, mm_patch_merge_type="spatial_unpad"
         )
-    config = tiny_llava_config("random-clip", **overrides)
+    config = tiny_llava_config("random-clip", model_type=model_type, **overrides)
     torch.manual_seed(seed)
     default_dtype = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LLAVA_MODEL_CLASSES["llava_llama"][1](config)
+            model = LLAVA_MODEL_CLASSES[model_type][1](config)
     finally:
         torch.set_default_dtype(default_dtype)
     return model.eval()
+
+
+# -- test videos ---------------------------------------------------------------------------------
+
+FRAME_INDEX_BITS = 12
+"""Frame indices up to 4095 are drawn in."""
+FRAME_INDEX_CELL = 8
+"""Side in pixels of one bit's cell: large enough to survive lossy video coding."""
+
+
+def video_frame(
+    index: int, size: tuple[int, int] = (96, 64), background: str = "navy", counter: bool = True
+) -> Image.Image:
+    """Frame `index` of a test clip: an M3-Shapes scene whose red square slides right as the clip goes on,
+    above a row of black (0) and white (1) cells that spell `index` in binary, most significant bit first
+    (with `counter` False that row is background too: a plain scene, as the M3-Shapes models know them).
+    """
+    width, height = size
+    if width < FRAME_INDEX_BITS * FRAME_INDEX_CELL or height < 2 * FRAME_INDEX_CELL:
+        raise ValueError(f"a test frame needs at least {FRAME_INDEX_BITS * FRAME_INDEX_CELL}x{2 * FRAME_INDEX_CELL} px")
+    if not 0 <= index < 2**FRAME_INDEX_BITS:
+        raise ValueError(f"frame index {index} does not fit in {FRAME_INDEX_BITS} bits")
+    side = height - FRAME_INDEX_CELL
+    square = shape_side("large", side)
+    x0 = index % (side - square)
+    shape = Shape("square", "red", "large", (x0, 2, x0 + square - 1, 2 + square - 1))
+    frame = Image.new("RGB", size, BACKGROUND_COLORS[background])
+    frame.paste(render(Scene(background, (shape,), side)), (0, 0))
+    draw = ImageDraw.Draw(frame)
+    for bit in range(FRAME_INDEX_BITS if counter else 0):
+        on = index >> (FRAME_INDEX_BITS - 1 - bit) & 1
+        x = bit * FRAME_INDEX_CELL
+        draw.rectangle((x, side, x + FRAME_INDEX_CELL - 1, height - 1), fill=(255, 255, 255) if on else (0, 0, 0))
+    return frame
+
+
+def read_frame_index(frame: Image.Image) -> int:
+    """The index `video_frame` drew into `frame` (read at the cells' centres, so coding noise does not matter)."""
+    pixels = np.asarray(frame.convert("L"))
+    row = frame.height - FRAME_INDEX_CELL // 2
+    bits = [pixels[row, bit * FRAME_INDEX_CELL + FRAME_INDEX_CELL // 2] > 127 for bit in range(FRAME_INDEX_BITS)]
+    return int("".join("1" if b else "0" for b in bits), 2)
+
+
+def write_test_video(
+    path: str | Path,
+    num_frames: int,
+    fps: int | Fraction = 25,
+    size: tuple[int, int] = (96, 64),
+    codec: str = "libx264",
+    keyframe_interval: int = 12,
+    background: str = "navy",
+    counter: bool = True,
+) -> Path:
+    """Write `num_frames` frames of `video_frame` as a video (the container from the suffix: .mp4, .avi, .webm, ...).
+
+    Keyframes come every `keyframe_interval` frames exactly, so a test knows where a reader can seek;
+    libx264 also reorders frames (B-frames), so the decoding order differs from the presentation order,
+    as in real videos.
+    """
+    path = Path(path)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"g": str(keyframe_interval)}
+        if codec == "libx264":  # no extra keyframes where the square wraps around (x264 would see a scene cut)
+            stream.options = {**stream.options, "crf": "12", "x264-params": "scenecut=0"}
+        for index in range(num_frames):
+            frame = av.VideoFrame.from_image(video_frame(index, size, background, counter))
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path

@@ -36,7 +36,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         get_model_name_from_path(args.model_path),
         device="cpu",
         dtype=getattr(torch, args.dtype),
-        cpu_weight_prepack=False,  # only saved, never run: packing would be wasted work
     )
     model.save_pretrained(args.save_model_path)
     tokenizer.save_pretrained(args.save_model_path)

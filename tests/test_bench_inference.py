@@ -43,9 +43,7 @@ def test_tiny_run_reports_every_budget_and_exact_cache_sizes(bench, aspect, tmp_
 def test_prepacked_rows_time_the_same_model_after_packing(bench):
     argv = ["--preset", "tiny", "--aspects", "pad", "--batch-sizes", "1", "--scales", "576,1"]
     # The tiny preset's layers are all below PACK_MIN_WEIGHTS: pack them all, to time packed layers.
-    results = bench.main(
-        argv + ["--repeats", "1", "--new-tokens", "2", "--cpu-weight-prepack", "--pack-min-weights", "0"]
-    )
+    results = bench.main(argv + ["--repeats", "1", "--new-tokens", "2", "--cpu-weight-prepack", "--pack-every-layer"])
     (comparison,) = results["prepacked_comparisons"]
     assert comparison["packed_layers"] > 0 and comparison["hf_ttft_s_at_576"] > 0
     assert results["prepacked_ratios"][0]["kv_ratio_1_vs_576"] == pytest.approx(

@@ -81,3 +81,42 @@ def test_invalid_scale_is_an_error(tiny_llava_pad, images):
             ["--model-path", str(tiny_llava_pad), "--image-file", str(images[0]), "--query", "Hi", "--device", "cpu"]
             + ["--matryoshka_vis_token_scale", "100"]
         )
+
+
+SHAPES_MODEL = Path(__file__).resolve().parents[1] / "playground" / "shapes-m3-tiny"
+
+
+@pytest.mark.skipif(not (SHAPES_MODEL / "matryoshka_policy.json").exists(), reason="no shipped checkpoint policy")
+def test_auto_on_the_shipped_model_answers_as_the_budget_it_reports(tmp_path, capsys):
+    from llava.data import shapes
+    from llava.eval.scoring.shapes import question_text
+
+    records = shapes.generate_split(tmp_path, "test", 2, shapes.DEFAULT_SEEDS["test"])
+    for record in records[:6]:
+        base = ["--model-path", str(SHAPES_MODEL), "--image-file", str(tmp_path / record["image"])]
+        base += ["--query", question_text(record), "--temperature", "0", "--max_new_tokens", "3", "--device", "cpu"]
+        answer = main(base + ["--matryoshka_vis_token_scale", "auto"])
+        report = capsys.readouterr().err.strip().splitlines()[-1]
+        assert report.startswith("[auto: answered at matryoshka_vis_token_scale=")
+        scale = int(report.split("=")[1].split(",")[0])
+        assert main(base + ["--matryoshka_vis_token_scale", str(scale)]) == answer
+
+
+def test_llava_style_args_object_may_say_auto(tiny_llava_pad, images, capsys):
+    args = type(
+        "Args",
+        (),
+        {
+            "model_path": str(tiny_llava_pad),
+            "query": "What is this?",
+            "image_file": str(images[0]),
+            "temperature": 0,
+            "max_new_tokens": 3,
+            "matryoshka_vis_token_scale": "auto",
+            "device": "cpu",
+        },
+    )()
+    answer = eval_model(args)
+    captured = capsys.readouterr()
+    assert captured.out.strip() == answer
+    assert "[auto: answered at matryoshka_vis_token_scale=576, 576 visual tokens; tried 1 (p_first" in captured.err

@@ -15,7 +15,10 @@ import pytest
 from safetensors import safe_open
 
 from llava.data import shapes
-from llava.eval.shapes_demo import evaluate
+from llava.eval.calibrate_scale import simulate
+from llava.eval.shapes_demo import evaluate, run_demo
+from llava.model.matryoshka import TRAINED_SCALES as SCALES_ALL
+from llava.scale_policy import POLICY_FILE, read_policy_file
 from llava.serve import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,3 +128,17 @@ def test_terminal_chat_with_the_shipped_model(monkeypatch, capsys, tmp_path: Pat
         out = capsys.readouterr().out
         assert f"{scale} visual tokens for this image" in out
         assert f"ASSISTANT: {gold[question]}" in out, out
+
+
+def test_shipped_policy_answers_as_the_fixed_budgets_it_picks(tmp_path: Path) -> None:
+    # `auto` on the shipped model: its calibrated policy (matryoshka_policy.json) on held-out questions. Every
+    # answer is the fixed budget's answer at the budget that gave it, so its accuracy is what the fixed
+    # budgets' answers predict, and it reads fewer visual tokens than the largest budget.
+    stored = read_policy_file(M3_MODEL / POLICY_FILE)
+    assert stored.calibration["target"].startswith("accuracy >= ") and set(stored.policy.ladder) <= set(SCALES_ALL)
+    run = run_demo(M3_MODEL, tmp_path, 20, scales=stored.policy.ladder, adaptive=True)
+    assert run.policy == stored.policy
+    answers = run.answers.adaptive
+    assert all(a.text == run.answers.texts[a.scale][i] for i, a in answers.items())
+    assert 100 * run.scores["auto"]["accuracy"] == pytest.approx(simulate(run.table, run.policy).accuracy)
+    assert sum(a.visual_tokens_processed for a in answers.values()) < 576 * len(answers) * 0.5

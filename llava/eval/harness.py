@@ -11,9 +11,13 @@ about it) and the harness does the rest, once for all benchmarks:
   `generate` call;
 - several scales in one pass (`--matryoshka_vis_token_scale 1,9,36,144,576`): each image goes
   through the vision tower and projector once; every scale then pools that one encoding;
+- the adaptive budget (`auto`, alone or beside fixed scales: `auto,1,9,36,144,576`): the checkpoint's
+  calibrated `ScalePolicy` answers each question at the first rung it is sure of (`llava.adaptive`),
+  from the same one encoding;
 - answers files: one per scale. With a single scale (or none: the checkpoint's default) the file
   is `--answers-file` itself, as in LLaVA; with several, the scale is put before the suffix:
-  `answers.jsonl` → `answers_s576.jsonl`, `answers_s144.jsonl`, ... (`scale_answers_file`);
+  `answers.jsonl` → `answers_s576.jsonl`, `answers_s144.jsonl`, ..., `answers_sauto.jsonl`
+  (`scale_answers_file`);
 - resume: a stopped run is restarted with the same command. Questions already in an answers file
   are skipped (an image whose questions are answered at every scale is not even loaded) and new
   answers are appended; a last line cut off mid-write is dropped. When every question of the
@@ -22,7 +26,9 @@ about it) and the harness does the rest, once for all benchmarks:
 - a progress bar over images, and errors that name the question file and line.
 
 Answer lines are LLaVA's: `{"question_id", "prompt", "text", "answer_id", "model_id", "metadata":
-{"matryoshka_vis_token_scale": s}}` plus what the benchmark adds (MMBench: `round_idx`, ...).
+{"matryoshka_vis_token_scale": s, ...}}` plus what the benchmark adds (MMBench: `round_idx`, ...). The
+metadata also says what the answer cost and how sure the model was (`answer_metadata`): the budget
+used, the visual tokens of that budget and over every rung tried, p_first, and the wall time.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import argparse
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -42,11 +49,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from llava.adaptive import AdaptiveAnswer, ScaleAnswers, answer_adaptive, answer_at_scale, resolve_budget
 from llava.eval.scoring.common import ScoringError, read_jsonl
 from llava.generation import Generator, PromptBatch, SamplingParams, add_scale_argument, default_device
 from llava.mm_utils import get_model_name_from_path, load_image, load_image_from_base64, process_images
 from llava.model.builder import load_pretrained_model
+from llava.model.cpu_packing import prepare_for_inference
 from llava.model.llava_arch import EncodedImages
+from llava.scale_policy import AUTO, AutoScale, ScalePolicy
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +69,11 @@ The prompt is part of it because some LLaVA question files reuse an id for sever
 
 ANSWER_PROMPTER_MAX_NEW_TOKENS = 64
 
+Budget = int | ScalePolicy
+"""What one answers file is answered at: a fixed scale, or the checkpoint's policy (`auto`)."""
+Label = int | str
+"""How a budget is named in file names and answer lines: the scale, or "auto"."""
+
 
 class HarnessError(ScoringError):
     """Bad input to an answer-generation run; the message names the file and line."""
@@ -69,8 +84,10 @@ class Query:
     """One prompt about a sample's image and the fields its answer line carries.
 
     `text` is the user turn without the image marker (the harness adds it when the sample has an
-    image). `fields` go into the answer line before `text`: at least `prompt`, the question as the
-    scorers read it. `followup`, when set, asks a second time: the prompt plus the first answer
+    image and lays the turn out with the run's template), or, with `raw`, the whole prompt as a
+    benchmark fixes it (IG-VLM's video prompts), only its `<image>` marker formatted for the
+    checkpoint. `fields` go into the answer line before `text`: at least `prompt`, the question as
+    the scorers read it. `followup`, when set, asks a second time: the prompt plus the first answer
     plus `followup` (LLaVA's ScienceQA answer prompter).
     """
 
@@ -79,6 +96,7 @@ class Query:
     fields: dict[str, Any]
     round_idx: int | None = None
     followup: str | None = None
+    raw: bool = False
 
     @property
     def key(self) -> AnswerKey:
@@ -118,9 +136,9 @@ def get_chunk(items: Sequence[T], num_chunks: int, chunk_idx: int) -> list[T]:
     return list(items[start:end])
 
 
-def scale_answers_file(answers_file: str | Path, scale: int | None, several: bool) -> Path:
+def scale_answers_file(answers_file: str | Path, scale: Label | None, several: bool) -> Path:
     """The answers file of one scale: `answers_file` itself, or with `_s<scale>` before the suffix
-    when a run writes several scales (`answers.jsonl` → `answers_s36.jsonl`)."""
+    when a run writes several scales (`answers.jsonl` → `answers_s36.jsonl`, `answers_sauto.jsonl`)."""
     path = Path(answers_file)
     if not several:
         return path
@@ -132,7 +150,7 @@ def answer_key(record: dict[str, Any]) -> AnswerKey:
     return (str(record["question_id"]), round_idx, record.get("prompt"))
 
 
-def read_answered(path: Path, scale: int) -> set[AnswerKey]:
+def read_answered(path: Path, scale: Label) -> set[AnswerKey]:
     """Keys already answered in `path`; a final line cut off mid-write is removed from the file."""
     if not path.exists():
         return set()
@@ -246,28 +264,42 @@ def load_model(
     name = get_model_name_from_path(model_path)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     tokenizer, model, image_processor, _ = load_pretrained_model(model_path, model_base, name, device=device, **kwargs)
+    prepare_for_inference(model)
     return Generator(tokenizer, model, image_processor, name, conv_mode)
+
+
+Answered = tuple[str, dict[str, Any]]
+"""An answer's text and its line's metadata."""
+
+
+def answer_metadata(result: ScaleAnswers | AdaptiveAnswer, row: int = 0) -> dict[str, Any]:
+    """What an answer line's metadata says about row `row` of a fixed-scale result, or an adaptive answer:
+    the budget used, its visual tokens and those of every rung tried, p_first (per rung for `auto`)."""
+    if isinstance(result, AdaptiveAnswer):
+        return result.metadata()
+    tokens = result.visual_tokens[row]
+    return {"p_first": round(result.p_first[row], 6), "visual_tokens": tokens, "visual_tokens_processed": tokens}
 
 
 class AnswerWriter:
     """Appends answer lines to one file per scale, flushed line by line so a stop loses at most one."""
 
-    def __init__(self, paths: dict[int, Path], model_id: str):
+    def __init__(self, paths: dict[Label, Path], model_id: str):
         self.paths = paths
         self.model_id = model_id
-        self.files: dict[int, TextIO] = {}
+        self.files: dict[Label, TextIO] = {}
         for scale, path in paths.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             self.files[scale] = open(path, "a", encoding="utf-8")
 
-    def write(self, scale: int, query: Query, text: str) -> None:
+    def write(self, scale: Label, query: Query, text: str, metadata: dict[str, Any] | None = None) -> None:
         line = {
             "question_id": query.question_id,
             **query.fields,
             "text": text,
             "answer_id": uuid.uuid4().hex,
             "model_id": self.model_id,
-            "metadata": {"matryoshka_vis_token_scale": scale},
+            "metadata": {"matryoshka_vis_token_scale": scale, **(metadata or {})},
         }
         file = self.files[scale]
         file.write(json.dumps(line, ensure_ascii=False) + "\n")
@@ -278,8 +310,27 @@ class AnswerWriter:
             file.close()
 
 
+@dataclass
+class _Encoded:
+    """One loader batch's images after one tower pass, and which sample owns which image."""
+
+    batch: Sequence[PreparedSample]
+    images: EncodedImages | None
+    image_of: dict[int, int]
+    seconds_per_query: float
+    """The tower pass's wall time shared out over the batch's queries (every budget would pay it alone)."""
+
+    def prompt_batch(
+        self, generator: Generator, chunk: Sequence[tuple[int, int]], prompts: Sequence[str]
+    ) -> PromptBatch:
+        images = [self.image_of[i] for i, _ in chunk if i in self.image_of]
+        selected = self.images.select(images) if images else None
+        sizes = [self.batch[i].image_size for i, _ in chunk if i in self.image_of]
+        return PromptBatch([generator.tokenize(prompt) for prompt in prompts], selected, sizes)
+
+
 class Answerer:
-    """Answers batches of prepared samples at every scale from one encoding of their images."""
+    """Answers batches of prepared samples at every budget from one encoding of their images."""
 
     def __init__(self, generator: Generator, params: SamplingParams, batch_size: int):
         self.generator = generator
@@ -289,80 +340,102 @@ class Answerer:
     def answer(
         self,
         batch: Sequence[PreparedSample],
-        pending: dict[int, set[AnswerKey]],
-        write: Callable[[int, Query, str], None],
+        pending: dict[Label, set[AnswerKey]],
+        budgets: dict[Label, Budget],
+        write: Callable[[Label, Query, str, dict[str, Any]], None],
     ) -> None:
+        start = time.perf_counter()
         with_image = [i for i, p in enumerate(batch) if p.pixels is not None]
-        encoded = self.generator.encode([batch[i].pixels for i in with_image])
-        image_of = {sample: index for index, sample in enumerate(with_image)}
+        images = self.generator.encode([batch[i].pixels for i in with_image])
+        num_queries = sum(len(p.sample.queries) for p in batch)
+        encoded = _Encoded(batch, images, {s: k for k, s in enumerate(with_image)}, 0.0)
+        encoded.seconds_per_query = (time.perf_counter() - start) / max(num_queries, 1)
         prompts = {
-            (i, j): self.generator.prompt(q.text, int(i in image_of))
+            (i, j): q.text if q.raw else self.generator.prompt(q.text, int(i in encoded.image_of))
             for i, p in enumerate(batch)
             for j, q in enumerate(p.sample.queries)
         }
-        for scale, keys in pending.items():
+        for label, keys in pending.items():
             todo = [(i, j) for i, j in prompts if batch[i].sample.queries[j].key in keys]
             for chunk in _batched(todo, self.batch_size):
                 asked = [prompts[ij] for ij in chunk]
-                texts = self._generate(batch, chunk, asked, encoded, image_of, scale, self.params)
-                self._follow_up(batch, chunk, asked, texts, encoded, image_of, scale)
-                for (i, j), text in zip(chunk, texts):
-                    write(scale, batch[i].sample.queries[j], text)
+                answered = self._generate(encoded, chunk, asked, budgets[label], self.params)
+                self._follow_up(encoded, chunk, asked, answered, budgets[label])
+                for (i, j), (text, metadata) in zip(chunk, answered):
+                    metadata["seconds"] = round(metadata["seconds"] + encoded.seconds_per_query, 6)
+                    write(label, batch[i].sample.queries[j], text, metadata)
 
     def _generate(
         self,
-        batch: Sequence[PreparedSample],
+        encoded: _Encoded,
         chunk: Sequence[tuple[int, int]],
         prompts: Sequence[str],
-        encoded: EncodedImages | None,
-        image_of: dict[int, int],
-        scale: int,
+        budget: Budget,
         params: SamplingParams,
-    ) -> list[str]:
-        images = [image_of[i] for i, _ in chunk if i in image_of]
-        selected = encoded.select(images) if images else None
-        sizes = [batch[i].image_size for i, _ in chunk if i in image_of]
-        ids = [self.generator.tokenize(prompt) for prompt in prompts]
-        return self.generator.answer(PromptBatch(ids, selected, sizes), scale, params)
+    ) -> list[Answered]:
+        """Answer one chunk at a budget; each answer's metadata holds its share of the call's wall time."""
+        prompt_batch = encoded.prompt_batch(self.generator, chunk, prompts)
+        start = time.perf_counter()
+        if isinstance(budget, ScalePolicy):
+            results: list[ScaleAnswers | AdaptiveAnswer] = answer_adaptive(self.generator, prompt_batch, budget, params)
+            texts = [result.text for result in results]
+        else:
+            result = answer_at_scale(self.generator, prompt_batch, budget, params)
+            results, texts = [result] * len(chunk), result.texts
+        share = (time.perf_counter() - start) / len(chunk)
+        return [
+            (text, {**answer_metadata(result, row), "seconds": share})
+            for row, (text, result) in enumerate(zip(texts, results))
+        ]
 
     def _follow_up(
         self,
-        batch: Sequence[PreparedSample],
+        encoded: _Encoded,
         chunk: Sequence[tuple[int, int]],
         prompts: Sequence[str],
-        texts: list[str],
-        encoded: EncodedImages | None,
-        image_of: dict[int, int],
-        scale: int,
+        answered: list[Answered],
+        budget: Budget,
     ) -> None:
-        """LLaVA's answer prompter: ask again after the reasoning; `texts[k]` becomes
-        "<reasoning>\n The answer is <answer>"."""
-        second = [k for k, (i, j) in enumerate(chunk) if batch[i].sample.queries[j].followup]
-        if not second:
-            return
-        followups = [batch[chunk[k][0]].sample.queries[chunk[k][1]].followup for k in second]
-        again = [prompts[k] + texts[k] + followup for k, followup in zip(second, followups)]
+        """LLaVA's answer prompter: ask again after the reasoning, at the budget that gave it; `answered[k]`'s text
+        becomes "<reasoning>\n The answer is <answer>"."""
+        queries = [encoded.batch[i].sample.queries[j] for i, j in chunk]
+        second = [k for k, query in enumerate(queries) if query.followup]
         params = replace(self.params, max_new_tokens=ANSWER_PROMPTER_MAX_NEW_TOKENS)
-        answers = self._generate(batch, [chunk[k] for k in second], again, encoded, image_of, scale, params)
-        for k, answer in zip(second, answers):
-            texts[k] = f"{texts[k]}\n The answer is {answer}"
+        by_scale: dict[int, list[int]] = {}
+        for k in second:
+            scale = answered[k][1]["scale_used"] if isinstance(budget, ScalePolicy) else budget
+            by_scale.setdefault(scale, []).append(k)
+        for scale, rows in by_scale.items():
+            again = [prompts[k] + answered[k][0] + queries[k].followup for k in rows]
+            answers = self._generate(encoded, [chunk[k] for k in rows], again, scale, params)
+            for k, (answer, extra) in zip(rows, answers):
+                text, metadata = answered[k]
+                metadata["seconds"] += extra["seconds"]
+                answered[k] = (f"{text}\n The answer is {answer}", metadata)
 
 
-def run_scales(model: Any, flag: list[int] | None) -> list[int]:
-    """The run's scales from the parsed `--matryoshka_vis_token_scale` (None: the checkpoint's default),
-    each checked by the model's resolver."""
+def run_budgets(model: Any, flag: list[int | AutoScale] | None, model_path: str) -> dict[Label, Budget]:
+    """The run's budgets from the parsed `--matryoshka_vis_token_scale` (None: the checkpoint's default),
+    each scale checked by the model's resolver and `auto` resolved to the checkpoint's policy: {label: budget}."""
     if flag is None:
-        return [model.resolve_scale(None)]
-    if len(set(flag)) != len(flag):
-        raise HarnessError(f"--matryoshka_vis_token_scale lists a scale twice: {flag}")
+        scale = model.resolve_scale(None)
+        return {scale: scale}
+    labels = [str(AUTO) if isinstance(scale, AutoScale) else scale for scale in flag]
+    if len(set(labels)) != len(labels):
+        raise HarnessError(f"--matryoshka_vis_token_scale lists a scale twice: {labels}")
     try:
-        return [model.resolve_scale(scale) for scale in flag]
+        return {
+            label: resolve_budget(scale, model, model_path)
+            if isinstance(scale, AutoScale)
+            else model.resolve_scale(scale)
+            for label, scale in zip(labels, flag)
+        }
     except (TypeError, ValueError) as e:
         raise HarnessError(f"--matryoshka_vis_token_scale: {e}") from None
 
 
-def run(args: argparse.Namespace, samples: Sequence[Sample]) -> dict[int, Path]:
-    """Answer the chunk's samples at every scale; returns {scale: answers file}."""
+def run(args: argparse.Namespace, samples: Sequence[Sample]) -> dict[Label, Path]:
+    """Answer the chunk's samples at every budget; returns {scale or "auto": answers file}."""
     samples = get_chunk(samples, args.num_chunks, args.chunk_idx)
     check_unique(samples)
     # Before the model loads (minutes for a 7B one): a missing image should not wait for it.
@@ -371,13 +444,13 @@ def run(args: argparse.Namespace, samples: Sequence[Sample]) -> dict[int, Path]:
         first = missing[0]
         raise HarnessError(f"{first.source}: image file not found: {first.image_file} ({len(missing)} missing)")
     generator = load_model(args.model_path, args.model_base, args.device or default_device(), conv_mode=args.conv_mode)
-    scales = run_scales(generator.model, args.matryoshka_vis_token_scale)
-    paths = {s: scale_answers_file(args.answers_file, s, len(scales) > 1) for s in scales}
+    budgets = run_budgets(generator.model, args.matryoshka_vis_token_scale, args.model_path)
+    paths = {label: scale_answers_file(args.answers_file, label, len(budgets) > 1) for label in budgets}
     if args.overwrite:
         for path in paths.values():
             path.unlink(missing_ok=True)
-    answered = {s: read_answered(path, s) for s, path in paths.items()}
-    todo = [sample for sample in samples if any(q.key not in answered[s] for s in scales for q in sample.queries)]
+    answered = {label: read_answered(path, label) for label, path in paths.items()}
+    todo = [sample for sample in samples if any(q.key not in answered[s] for s in budgets for q in sample.queries)]
     if len(todo) < len(samples):
         logger.info("resuming: %d of %d images already answered at every scale", len(samples) - len(todo), len(samples))
 
@@ -386,11 +459,11 @@ def run(args: argparse.Namespace, samples: Sequence[Sample]) -> dict[int, Path]:
     dataset = SampleDataset(todo, generator.image_processor, generator.model.config)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=_keep_list)
     writer = AnswerWriter(paths, generator.model_name)
-    progress = tqdm(total=len(todo), desc=f"answering at {len(scales)} scale(s)", unit="image")
+    progress = tqdm(total=len(todo), desc=f"answering at {len(budgets)} scale(s)", unit="image")
     try:
         for batch in loader:
-            pending = {s: {q.key for p in batch for q in p.sample.queries} - answered[s] for s in scales}
-            answerer.answer(batch, {s: keys for s, keys in pending.items() if keys}, writer.write)
+            pending = {s: {q.key for p in batch for q in p.sample.queries} - answered[s] for s in budgets}
+            answerer.answer(batch, {s: keys for s, keys in pending.items() if keys}, budgets, writer.write)
             progress.update(len(batch))
     finally:
         progress.close()
@@ -398,8 +471,8 @@ def run(args: argparse.Namespace, samples: Sequence[Sample]) -> dict[int, Path]:
     order = [q.key for sample in samples for q in sample.queries]
     for path in paths.values():
         reorder_answers(path, order)
-    for scale, path in paths.items():
-        logger.info("scale %d: answers in %s", scale, path)
+    for label, path in paths.items():
+        logger.info("scale %s: answers in %s", label, path)
     return paths
 
 
@@ -428,8 +501,11 @@ def build_parser(description: str, max_new_tokens: int, num_workers: int = 0) ->
     add_scale_argument(
         parser,
         "visual tokens per image (per crop for anyres): one scale, or a list '1,9,36,144,576' answered in one "
-        "pass with one answers file per scale (answers.jsonl -> answers_s36.jsonl); default: the checkpoint's",
+        "pass with one answers file per scale (answers.jsonl -> answers_s36.jsonl); 'auto' (alone or in the "
+        "list) answers each question at the budget the checkpoint's calibrated policy picks; default: the "
+        "checkpoint's scale",
         several=True,
+        auto=True,
     )
     add("--overwrite", action="store_true", help="start the answers files afresh instead of resuming them")
     return parser

@@ -18,6 +18,16 @@ answer it correctly; a sample answered wrongly at every scale counts at the smal
 oracle accuracy is the fraction of samples some scale gets right, and the mean oracle tokens say
 how few tokens would suffice if the right scale were known per sample. Soft per-sample scores
 (VQA accuracy) work the same way: a sample takes its best score, at the fewest tokens reaching it.
+
+The adaptive budget beside them: a folder `<benchmark>/auto/` holds the scores of the answers given
+with `--matryoshka_vis_token_scale auto`. When a scale's (or auto's) folder also holds the harness's
+answers file as `answers.jsonl`, its lines say what each answer cost (visual tokens of the answering
+budget and over every rung tried, wall time), and the sweep writes `budgets.md` / `budgets.csv` (score,
+mean visual tokens answering and processed, mean seconds per question for every fixed scale, auto and
+the oracle) and `budgets_tokens.png` / `budgets_time.png` (score against processed visual tokens and
+against wall time). Where every fixed scale has answers with p_first and per-sample scores, the tokens
+plot also shows the policy curve: one threshold for every rung, swept from 0 to 1, scored exactly from
+the fixed scales' answers (`llava.eval.calibrate_scale.threshold_curve`).
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ import csv
 import json
 import logging
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,13 +47,20 @@ with optional_dependency():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+from llava.eval.calibrate_scale import CalibrationError, PolicyOutcome, read_results, threshold_curve
+from llava.eval.scoring.common import ScoringError, read_jsonl
+
 logger = logging.getLogger(__name__)
 
 Scores = dict[str, dict[int, float]]
 """benchmark -> scale -> headline score."""
 
 
-class SweepError(ValueError):
+AUTO_FOLDER = "auto"
+"""The results folder of the adaptive budget (`--matryoshka_vis_token_scale auto`)."""
+
+
+class SweepError(ScoringError):
     """Bad sweep input; the message names the file and the value."""
 
 
@@ -94,13 +111,18 @@ def oracle(correct_by_scale: Mapping[int, Mapping[Hashable, bool | float]]) -> O
     )
 
 
-def _scale_folders(results_dir: Path) -> list[tuple[str, int, Path]]:
-    """(benchmark, scale, folder) for every `<benchmark>/<scale>/` folder, sorted."""
+def _scale_folders(results_dir: Path, with_auto: bool = False) -> list[tuple[str, int | str, Path]]:
+    """(benchmark, scale, folder) for every `<benchmark>/<scale>/` folder, sorted; with `with_auto` also
+    (benchmark, "auto", folder) for the adaptive budget's folders."""
     if not results_dir.is_dir():
         raise SweepError(f"{results_dir}: results folder not found")
-    found = []
+    found: list[tuple[str, int | str, Path]] = []
     for benchmark in sorted(p for p in results_dir.iterdir() if p.is_dir()):
         for folder in sorted(p for p in benchmark.iterdir() if p.is_dir()):
+            if folder.name == AUTO_FOLDER:
+                if with_auto:
+                    found.append((benchmark.name, AUTO_FOLDER, folder))
+                continue
             if not folder.name.isdigit() or int(folder.name) < 1:
                 logger.warning("skipping %s: not a scale folder (a positive token count)", folder)
                 continue
@@ -115,10 +137,10 @@ def _read_json(path: Path) -> object:
         raise SweepError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
 
 
-def collect_scores(results_dir: str | Path) -> Scores:
-    """Headline `score` of every `<benchmark>/<scale>/results.json`."""
+def collect_scores(results_dir: str | Path, with_auto: bool = False) -> Scores:
+    """Headline `score` of every `<benchmark>/<scale>/results.json` (and `<benchmark>/auto/` with `with_auto`)."""
     scores: Scores = {}
-    for benchmark, scale, folder in _scale_folders(Path(results_dir)):
+    for benchmark, scale, folder in _scale_folders(Path(results_dir), with_auto):
         path = folder / "results.json"
         if not path.is_file():
             logger.warning("skipping %s: no results.json", folder)
@@ -235,10 +257,183 @@ def write_oracle(rows: list[dict[str, object]], out_dir: Path) -> str:
     return table
 
 
+# -- what each budget costs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Means over an answers file's lines: visual tokens of the answering budget and over every rung tried,
+    wall time per question (None when the lines do not say)."""
+
+    visual_tokens: float
+    visual_tokens_processed: float
+    seconds: float | None
+
+
+def read_cost(path: Path) -> Cost:
+    """The cost an answers file's metadata records (`llava.eval.harness.answer_metadata`)."""
+    tokens, processed, seconds = [], [], []
+    for number, line in read_jsonl(path, SweepError):
+        metadata = line.get("metadata") or {}
+        if not isinstance(metadata.get("visual_tokens"), int | float):
+            raise SweepError(
+                f"{path}:{number}: no metadata.visual_tokens; answer with llava.eval's harness, which records it"
+            )
+        tokens.append(float(metadata["visual_tokens"]))
+        processed.append(float(metadata.get("visual_tokens_processed", metadata["visual_tokens"])))
+        if isinstance(metadata.get("seconds"), int | float):
+            seconds.append(float(metadata["seconds"]))
+    if not tokens:
+        raise SweepError(f"{path}: no answer lines")
+    mean_seconds = sum(seconds) / len(seconds) if len(seconds) == len(tokens) else None
+    return Cost(sum(tokens) / len(tokens), sum(processed) / len(processed), mean_seconds)
+
+
+def collect_costs(results_dir: str | Path) -> dict[str, dict[int | str, Cost]]:
+    """Cost of every `<benchmark>/<scale or auto>/answers.jsonl` that exists."""
+    costs: dict[str, dict[int | str, Cost]] = {}
+    for benchmark, label, folder in _scale_folders(Path(results_dir), with_auto=True):
+        if (folder / "answers.jsonl").is_file():
+            costs.setdefault(benchmark, {})[label] = read_cost(folder / "answers.jsonl")
+    return costs
+
+
+@dataclass(frozen=True)
+class BudgetRow:
+    """One way of choosing the budget on one benchmark: what it scores and what it costs."""
+
+    benchmark: str
+    budget: str
+    """A fixed scale ("576"), "auto" (the calibrated policy) or "oracle" (the best scale per sample, known afterwards)."""
+    score: float
+    visual_tokens: float
+    visual_tokens_processed: float
+    seconds: float | None
+
+
+def budget_rows(
+    scores: Mapping[str, Mapping[int | str, float]],
+    costs: Mapping[str, Mapping[int | str, Cost]],
+    per_sample: Mapping[str, Mapping[int, Mapping[str, bool | float]]],
+) -> list[BudgetRow]:
+    """Rows for every budget with both a score and a cost, largest scale first, then auto, then the oracle
+    (its score is the per-sample accuracy in percent; its tokens are the oracle scales' mean)."""
+    rows = []
+    for benchmark in sorted(costs):
+        labels = sorted((k for k in costs[benchmark] if isinstance(k, int)), reverse=True)
+        labels += [AUTO_FOLDER] if AUTO_FOLDER in costs[benchmark] else []
+        for label in labels:
+            if label in scores.get(benchmark, {}):
+                cost = costs[benchmark][label]
+                score = scores[benchmark][label]
+                rows.append(
+                    BudgetRow(
+                        benchmark, str(label), score, cost.visual_tokens, cost.visual_tokens_processed, cost.seconds
+                    )
+                )
+        if benchmark in per_sample:
+            result = oracle(per_sample[benchmark])
+            rows.append(
+                BudgetRow(benchmark, "oracle", 100.0 * result.accuracy, result.mean_tokens, result.mean_tokens, None)
+            )
+    return rows
+
+
+def write_budgets(rows: list[BudgetRow], out_dir: Path) -> str:
+    header = ["benchmark", "budget", "score", "visual_tokens", "visual_tokens_processed", "seconds"]
+    with open(out_dir / "budgets.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows([[getattr(row, h) if getattr(row, h) is not None else "" for h in header] for row in rows])
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---:|---:|"]
+    for row in rows:
+        seconds = "–" if row.seconds is None else f"{row.seconds:.4f}"
+        cells = [row.benchmark, row.budget, f"{row.score:.2f}", f"{row.visual_tokens:.1f}"]
+        lines.append("| " + " | ".join([*cells, f"{row.visual_tokens_processed:.1f}", seconds]) + " |")
+    table = "\n".join(lines) + "\n"
+    (out_dir / "budgets.md").write_text(table, encoding="utf-8")
+    return table
+
+
+def policy_curves(results_dir: str | Path, benchmarks: Sequence[str]) -> dict[str, list[PolicyOutcome]]:
+    """The one-threshold policy curve of each benchmark whose fixed scales all have answers with p_first and
+    per-sample scores; others are skipped (logged)."""
+    curves = {}
+    for benchmark in benchmarks:
+        try:
+            table = read_results(Path(results_dir) / benchmark)
+        except CalibrationError as e:
+            logger.info("%s: no policy curve (%s)", benchmark, e)
+            continue
+        curves[benchmark] = threshold_curve(table, table.scales)
+    return curves
+
+
+def plot_budgets(
+    rows: list[BudgetRow], curves: Mapping[str, list[PolicyOutcome]], path: str | Path, x: str = "tokens"
+) -> None:
+    """Score against mean processed visual tokens (`x="tokens"`, log axis, with the policy curves) or against
+    mean seconds per question (`x="seconds"`): fixed scales as a line, auto as a star, the oracle as a diamond."""
+    benchmarks = sorted({row.benchmark for row in rows})
+    figure = Figure(figsize=(4.2 * len(benchmarks), 3.4), layout="constrained")
+    FigureCanvasAgg(figure)
+    for ax, benchmark in zip(figure.subplots(1, len(benchmarks), squeeze=False).ravel(), benchmarks):
+        mine = [row for row in rows if row.benchmark == benchmark]
+        value = (lambda r: r.visual_tokens_processed) if x == "tokens" else (lambda r: r.seconds)
+        fixed = sorted((r for r in mine if r.budget.isdigit() and value(r) is not None), key=value)
+        ax.plot([value(r) for r in fixed], [r.score for r in fixed], marker="o", label="fixed budgets")
+        for r in fixed:
+            ax.annotate(r.budget, (value(r), r.score), textcoords="offset points", xytext=(3, -10), fontsize=7)
+        if x == "tokens" and benchmark in curves:
+            curve = curves[benchmark]
+            ax.plot(
+                [o.visual_tokens_processed for o in curve],
+                [o.accuracy for o in curve],
+                linewidth=1,
+                alpha=0.7,
+                label="policy, one threshold",
+            )
+        for r, marker, name in [(r, "*", "auto") for r in mine if r.budget == AUTO_FOLDER] + [
+            (r, "D", "oracle") for r in mine if r.budget == "oracle" and x == "tokens"
+        ]:
+            if value(r) is not None:
+                ax.plot(
+                    [value(r)],
+                    [r.score],
+                    marker=marker,
+                    markersize=11 if marker == "*" else 7,
+                    linestyle="",
+                    label=name,
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("visual tokens processed per question" if x == "tokens" else "seconds per question")
+        ax.set_ylabel("score")
+        ax.set_title(benchmark)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    figure.savefig(path, dpi=120)
+
+
+def write_budget_summary(results_dir: str | Path, per_sample: Mapping, out_dir: Path) -> str | None:
+    """budgets.md / .csv and the two plots, when some answers files record their cost; returns the table."""
+    costs = collect_costs(results_dir)
+    rows = budget_rows(collect_scores(results_dir, with_auto=True), costs, per_sample)
+    if not rows:
+        return None
+    table = write_budgets(rows, out_dir)
+    curves = policy_curves(results_dir, sorted(costs))
+    plot_budgets(rows, curves, out_dir / "budgets_tokens.png", "tokens")
+    if any(row.seconds is not None for row in rows):
+        plot_budgets(rows, curves, out_dir / "budgets_time.png", "seconds")
+    return table
+
+
 def main(argv: list[str] | None = None) -> Scores:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results-dir", required=True, help="folder of <benchmark>/<scale>/results.json")
-    parser.add_argument("--out-dir", help="where to write sweep.* and oracle.* (default: the results folder)")
+    parser.add_argument(
+        "--out-dir", help="where to write sweep.*, oracle.* and budgets.* (default: the results folder)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -255,6 +450,9 @@ def main(argv: list[str] | None = None) -> Scores:
     per_sample = collect_per_sample(args.results_dir)
     if per_sample:
         print(write_oracle(oracle_table(per_sample), out_dir))
+    budgets = write_budget_summary(args.results_dir, per_sample, out_dir)
+    if budgets:
+        print(budgets)
     return scores
 
 

@@ -15,6 +15,9 @@ LLAVA_MODEL_CLASSES = {
     "llava_mistral": (LlavaMistralConfig, LlavaMistralForCausalLM),
     "llava_qwen2": (LlavaQwen2Config, LlavaQwen2ForCausalLM),
 }
+# The language-model families a LLaVA model is built on: a plain model of each (the start of projector
+# pretraining, or the text half of transformers' LLaVA) becomes the LLaVA model type beside it.
+PLAIN_LLM_FAMILIES = {"llama": "llava_llama", "mistral": "llava_mistral", "qwen2": "llava_qwen2"}
 
 for _model_type, (_config_cls, _model_cls) in LLAVA_MODEL_CLASSES.items():
     AutoConfig.register(_model_type, _config_cls, exist_ok=True)
@@ -32,4 +35,5 @@ __all__ = [
     "LlavaQwen2Config",
     "LlavaQwen2ForCausalLM",
     "MatryoshkaCausalLMOutput",
+    "PLAIN_LLM_FAMILIES",
 ]

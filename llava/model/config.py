@@ -88,9 +88,9 @@ class LlavaMultimodalConfig:
         return grid_side * grid_side
 
     def __post_init__(self, **kwargs: Any) -> None:
-        # The family config's __post_init__ calls validate_multimodal() first; the released checkpoints'
-        # `matryoshka_vis_token_scale` arrives later, among the extra kwargs the base class sets, so the
-        # budgets are checked after it.
+        # The released checkpoints' `matryoshka_vis_token_scale` arrives among the extra kwargs the family
+        # config's own __post_init__ sets, so the budgets are checked after it.
+        self.validate_multimodal()
         super().__post_init__(**kwargs)
         self._check_scales()
 

@@ -9,6 +9,10 @@ oneDNN can pack a weight once into its blocked layout and reuse it (what inducto
 model for a `PackedLinear` that does exactly that, in place, for inference only: the packed layer has
 no autograd and stays on the CPU. Each packed call costs a fixed ~12 µs more, so it pays for real layer
 sizes and slows down tiny ones: `PACK_MIN_WEIGHTS` is where it starts to pay (docs/Performance.md).
+
+Packing is a step of its own, `prepare_for_inference`, that the inference entry points (CLI, worker,
+evaluation, benchmarks) take right after `load_pretrained_model`; the loader returns a plain model that
+can still be trained, moved and cast.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from llava.model.placement import is_split
+
 # oneDNN picks its blocking from an expected number of rows; the packed weight works for any number.
 _ROWS_HINT = 64
 
-# Smallest weight (in_features × out_features) that `load_pretrained_model` packs by default. Measured
+# Smallest weight (in_features × out_features) that `prepare_for_inference` packs by default. Measured
 # by benchmarks/bench_linear_packing.py on the 2-core development machine (fastest of 30 calls,
 # 1 / 8 / 41 / 608 rows): a 256×256 layer is 2.6× slower packed at one row; 512×512 is 1.1-1.9×
 # faster from 8 rows on but 0.88-0.90× at one row; from 512×1024 on, packed is faster at every row
@@ -59,16 +65,23 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             raise RuntimeError(
-                "PackedLinear is for inference (pack_linear_weights); it cannot backpropagate. "
-                "Load the model with cpu_weight_prepack=False to train it."
+                "PackedLinear is for inference (prepare_for_inference packed it); it cannot backpropagate. "
+                "Train a model as load_pretrained_model returns it, without prepare_for_inference."
             )
         if x.dtype != torch.float32 or x.device.type != "cpu":
             raise TypeError(f"PackedLinear takes float32 CPU inputs; got {x.dtype} on {x.device}")
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
 
     def _apply(self, fn: Any, recurse: bool = True) -> PackedLinear:
-        # `.to()`, `.cuda()`, `.half()` ... reach the packed buffer through here.
-        refuse_to_move_packed(self, fn)
+        # `.to()`, `.cuda()`, `.half()` ... reach the packed buffer through here; oneDNN's blocked
+        # layout exists only as float32 on the CPU.
+        probe = fn(torch.zeros(1))
+        if probe.device.type != "cpu" or probe.dtype != torch.float32:
+            raise ValueError(
+                f"this linear layer's weight is packed for float32 CPU inference (prepare_for_inference), so it "
+                f"cannot become {probe.dtype} on {probe.device}; move or cast the model before "
+                "prepare_for_inference, or call it with cpu_weight_prepack=False"
+            )
         return self
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
@@ -78,24 +91,6 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-
-
-def refuse_to_move_packed(model: nn.Module, fn: Any) -> None:
-    """Raise if `fn` (as given to `Module._apply` by `.to()`, `.cuda()`, `.half()` ...) would move or
-    cast a model holding packed layers: oneDNN's blocked layout exists only as float32 on the CPU.
-
-    A model class calls this from its own `_apply` before any child moves, so a refused move leaves
-    the whole model as it was.
-    """
-    if not any(isinstance(module, PackedLinear) for module in model.modules()):
-        return
-    probe = fn(torch.zeros(1))
-    if probe.device.type != "cpu" or probe.dtype != torch.float32:
-        raise ValueError(
-            f"this model's linear weights are packed for float32 CPU inference (cpu_weight_prepack), so it "
-            f"cannot become {probe.dtype} on {probe.device}; load the model with cpu_weight_prepack=False "
-            "to move or cast it"
-        )
 
 
 def pack_linear_weights(model: nn.Module, min_weights: int = 0) -> int:
@@ -134,13 +129,15 @@ def _shared_weights(model: nn.Module) -> set[int]:
 
 
 def prepare_for_inference(model: nn.Module, cpu_weight_prepack: bool | None = None) -> int:
-    """Make a loaded model fast for inference on the CPU; returns how many layers were packed.
+    """Make a loaded model fast for inference on the CPU, in place; returns how many layers were packed.
 
     The one place the packing policy lives; every inference entry point (CLI, worker, evaluation,
-    benchmarks) calls it after loading, so the loader itself can return a plain, trainable model.
-    `cpu_weight_prepack`: None packs the layers where it pays (`PACK_MIN_WEIGHTS` weights or more)
-    whenever packing applies (float32 weights on the CPU, not quantised, not compiled); True packs
-    every float32 linear layer and is an error where packing cannot apply; False packs nothing.
+    benchmarks) calls it right after `load_pretrained_model`, so the loader itself returns a plain,
+    trainable model. After it the model is for inference only: packed layers have no autograd and
+    refuse to move or be cast. `cpu_weight_prepack`: None packs the layers where it pays
+    (`PACK_MIN_WEIGHTS` weights or more) whenever packing applies (float32 weights on the CPU, on one
+    device, not quantised, not compiled); True packs every float32 linear layer and is an error where
+    packing cannot apply; False packs nothing.
     """
     if cpu_weight_prepack is False:
         return 0
@@ -156,7 +153,9 @@ def _packing_problems(model: nn.Module) -> list[str]:
     """Why packing cannot apply to `model` (empty when it can)."""
     problems = []
     param = next(model.parameters())
-    if param.device.type != "cpu":
+    if is_split(model):
+        problems.append("a model split or offloaded by a device map (it packs a model on the CPU alone)")
+    elif param.device.type != "cpu":
         problems.append(f"a model on {param.device} (it packs for the CPU)")
     if param.dtype != torch.float32:
         problems.append(f"dtype={param.dtype} (it packs float32 weights)")
@@ -167,4 +166,3 @@ def _packing_problems(model: nn.Module) -> list[str]:
     if not cpu_packing_available():
         problems.append("a torch build without oneDNN (torch.backends.mkldnn)")
     return problems
-

@@ -17,17 +17,19 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.model.anyres import count_anyres_tokens, merge_anyres_features
+from llava.model.anyres import merge_anyres_features
 from llava.model.config import LlavaMultimodalConfig
-from llava.model.cpu_packing import refuse_to_move_packed
 from llava.model.matryoshka import pool_visual_tokens, validate_scale
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from llava.model.multimodal_projector.builder import build_vision_projector
+from llava.model.placement import first_weight, to_weight
 from llava.model.splice import SplicedBatch, check_image_count, count_image_placeholders, splice_visual_tokens
+from llava.model.visual_tokens import count_visual_tokens
 
 ImageInput = torch.Tensor | Sequence[torch.Tensor]
 ScaleArg = int | Sequence[int] | None
@@ -87,7 +89,7 @@ def target_token_loss(
     mean) without the (B, T, vocab) logits: in the M3 objective every budget would hold its own,
     mostly for visual positions that carry no label.
     """
-    targets = labels[:, 1:]
+    targets = labels[:, 1:].to(hidden.device)
     labelled = targets != IGNORE_INDEX
     logits = lm_head(hidden[:, :-1][labelled]).float()
     loss = nn.functional.cross_entropy(logits, targets[labelled], reduction="sum")
@@ -141,15 +143,20 @@ class LlavaMetaForCausalLM:
 
     config: LlavaMultimodalConfig
     model: LlavaMetaModel
+    base_model_class: type[LlavaMetaModel]
+    """The family's `LlavaMetaModel` subclass (e.g. `LlavaLlamaModel`), which `.model` is built from."""
+
+    def __init__(self, config: LlavaMultimodalConfig) -> None:
+        # Not the language model's own __init__: it would build the plain base model, then ours on top.
+        PreTrainedModel.__init__(self, config)
+        self.model = self.base_model_class(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         _init_image_newline(self, module)
-
-    def _apply(self, fn: Any, recurse: bool = True) -> Any:
-        # Refuse a move or cast of a model with oneDNN-packed layers before any layer has moved.
-        refuse_to_move_packed(self, fn)
-        return super()._apply(fn, recurse)
 
     def get_model(self) -> LlavaMetaModel:
         return self.model
@@ -218,19 +225,7 @@ class LlavaMetaForCausalLM:
         `image_size` is (width, height) and matters only for anyres checkpoints, where a square
         image on a 2×2 grid with `spatial_unpad` costs s + 2√s·(2√s + 1) (576 → 2928, 9 → 51).
         """
-        scale = validate_scale(scale, self.grid_side)
-        per_crop = scale + (1 if self.config.mm_vision_select_feature == "cls_patch" else 0)
-        if not self.config.is_anyres:
-            return per_crop
-        if image_size is None:
-            raise ValueError("anyres checkpoints need the image size (width, height) to count visual tokens")
-        return count_anyres_tokens(
-            per_crop,
-            image_size,
-            self.config.image_grid_pinpoints,
-            self._require_tower().image_size,
-            self.config.mm_patch_merge_type,
-        )
+        return count_visual_tokens(self.config, scale, self.grid_side, self._require_tower().image_size, image_size)
 
     # -- images -----------------------------------------------------------------------------
 
@@ -261,7 +256,10 @@ class LlavaMetaForCausalLM:
             raise ValueError(
                 f"image crops must have shape {expected} for this vision tower, got {tuple(crops.shape[1:])}"
             )
-        features = self.model.mm_projector(tower(crops))
+        features = tower(crops)
+        # The projector may sit on another device or hold another dtype than the tower (device maps).
+        weight = first_weight(self.model.mm_projector)
+        features = self.model.mm_projector(features if weight is None else to_weight(features, weight))
         return EncodedImages(features, counts, stacked)
 
     def visual_tokens(
@@ -292,6 +290,9 @@ class LlavaMetaForCausalLM:
                 f"{None if image_sizes is None else len(image_sizes)} for {len(per_image)} images"
             )
         tower = self._require_tower()
+        newline = self.model.image_newline
+        if newline is not None:  # a device map may have placed it apart from the projector
+            newline = newline.to(encoded.features.device)
         return [
             merge_anyres_features(
                 crops,
@@ -299,7 +300,7 @@ class LlavaMetaForCausalLM:
                 self.config.image_grid_pinpoints,
                 tower.image_size,
                 self.config.mm_patch_merge_type,
-                self.model.image_newline,
+                newline,
             )
             for crops, size in zip(per_image, image_sizes)
         ]
@@ -336,7 +337,7 @@ class LlavaMetaForCausalLM:
             attention_mask,
             labels,
             text_embeds,
-            [f.to(text_embeds.dtype) for f in features],
+            features,
             padding_side or self.config.tokenizer_padding_side,
             max_length,
         )

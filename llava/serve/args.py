@@ -51,7 +51,8 @@ def _add_worker_key(parser: argparse.ArgumentParser) -> None:
 
 
 def add_loading_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """How `load_pretrained_model` loads the checkpoint: quantisation, attention, compile, CPU packing.
+    """How the checkpoint is loaded (`load_pretrained_model`: quantisation, attention, compile) and prepared
+    (`prepare_for_inference`: CPU packing).
 
     Shared by the worker, the OpenAI-style server and `llava.serve.cli`.
     """
@@ -158,7 +159,10 @@ def _add_serving_arguments(parser: argparse.ArgumentParser) -> None:
         default=4096 * 4096,
         help="413 for images with more pixels, or that preprocessing would enlarge beyond it (padding to a square)",
     )
-    group.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES, help="400 for more images per request")
+    group.add_argument(
+        "--max-images", type=int, default=DEFAULT_MAX_IMAGES, help="400 for more images per request (a video is one)"
+    )
+    _add_video_arguments(group)
     group.add_argument(
         "--max-new-tokens-limit",
         type=int,
@@ -168,9 +172,31 @@ def _add_serving_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--allow-remote-images",
         action="store_true",
-        help="fetch http(s) image URLs in requests (off: only inline base64 / data: URLs)",
+        help="fetch http(s) image and video URLs in requests (off: only inline base64 / data: URLs)",
     )
     group.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on the /v1 routes")
+
+
+def _add_video_arguments(group: argparse._ArgumentGroup) -> None:
+    """The limits on a video in a request (it reaches the model as one image, the grid of a few of its frames)."""
+    group.add_argument("--max-video-bytes", type=int, default=16 * MIB, help="413 for larger videos")
+    group.add_argument(
+        "--max-video-pixels",
+        type=int,
+        default=1920 * 1080,
+        help="413 for videos whose frames have more pixels (read from the header, before decoding)",
+    )
+    group.add_argument("--max-video-seconds", type=float, default=3600.0, help="413 for longer videos")
+    group.add_argument(
+        "--max-video-frames",
+        type=int,
+        default=3000,
+        help="413 for a video that needs more frames decoded to reach the ones it is asked about (a video "
+        "with few keyframes is decoded from its start)",
+    )
+    group.add_argument(
+        "--video-num-frames", type=int, default=6, help="frames in a video's grid (IG-VLM's 6: 2 per row, 3 rows)"
+    )
 
 
 def parse_controller_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -15,6 +15,10 @@ scale per sample (mixed budgets in one batch), per-row temperature / top-p, and 
 streams each row's text as it grows and stops each row on its own end token, stop string, token limit
 or cancellation (`AnswerTracker`, one per row, which the vLLM backend also feeds, token by token).
 The engine has no thread of its own: `BatchScheduler` feeds it from a server, the CLI calls it directly.
+
+A request may ask for the adaptive budget instead of a scale (a `ScalePolicy`, e.g. the checkpoint's
+calibrated one for `auto`): its rows walk the policy's ladder (`llava.adaptive.answer_adaptive`), only the
+answering rung streams, and the final chunk says which budget answered and what the answer cost.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ import torch
 from PIL import Image
 from transformers import StoppingCriteria
 
+from llava.adaptive import AdaptiveAnswer, answer_adaptive, check_policy, default_policy
 from llava.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_MAX_IMAGES, DEFAULT_MAX_NEW_TOKENS_LIMIT, IMAGE_TOKEN_INDEX
 from llava.generation import Generator, PromptBatch, SamplingParams, first_stop
 from llava.model.matryoshka import TRAINED_SCALES, valid_scales
+from llava.scale_policy import AutoScale, ScalePolicy, load_checkpoint_policy
 from llava.serve.http import RequestError
 
 logger = logging.getLogger(__name__)
@@ -47,9 +53,10 @@ class PreparedRequest:
     pixel_values: list[torch.Tensor]
     """One tensor per image: (3, H, W), or (1 + crops, 3, H, W) for anyres."""
     image_sizes: list[tuple[int, int]]
-    scale: int
+    scale: int | ScalePolicy
+    """A fixed budget, or the policy that picks one per request."""
     visual_tokens: int
-    """Visual tokens of all images at `scale`, as the model will splice them in."""
+    """Visual tokens of all images at `scale` (at the policy's largest rung), as the model will splice them in."""
     prompt_tokens: int
     """Text tokens + visual tokens: the length of the sequence the language model reads."""
     max_new_tokens: int
@@ -71,6 +78,12 @@ class GenerationChunk:
     """None while generating; then "stop" (EOS or a stop string), "length" or "error"."""
     completion_tokens: int = 0
     error: str | None = None
+    scale_used: int | None = None
+    """Set on the final chunk: the budget that answered (the policy's answering rung for a policy request)."""
+    visual_tokens: int | None = None
+    """Set on the final chunk: visual tokens of the answering budget."""
+    visual_tokens_processed: int | None = None
+    """Set on the final chunk: visual tokens read over every rung tried (= `visual_tokens` at a fixed budget)."""
 
     @property
     def done(self) -> bool:
@@ -108,6 +121,7 @@ class CheckpointRules:
         max_new_tokens_limit: int = DEFAULT_MAX_NEW_TOKENS_LIMIT,
         max_images: int = DEFAULT_MAX_IMAGES,
         default_scale: int | None = None,
+        scale_policy: ScalePolicy | None = None,
     ) -> None:
         if not hasattr(model, "get_vision_tower") or model.get_vision_tower() is None:
             raise ValueError(f"{model_name} has no vision tower; the M3 servers serve LLaVA/M3 checkpoints only")
@@ -120,6 +134,8 @@ class CheckpointRules:
         self.max_images = max_images
         if default_scale is not None:  # the server's flag replaces the checkpoint's default; a bad one fails now
             model.config.matryoshka_default_scale = model.resolve_scale(default_scale)
+        self.scale_policy = check_policy(model, scale_policy) if scale_policy is not None else None
+        """The checkpoint's calibrated policy (`matryoshka_policy.json`), what `auto` asks for."""
 
     @property
     def grid_side(self) -> int:
@@ -151,6 +167,27 @@ class CheckpointRules:
         except (TypeError, ValueError) as e:
             raise RequestError(400, str(e), "matryoshka_vis_token_scale") from None
 
+    @property
+    def auto_policy(self) -> ScalePolicy:
+        """The policy `auto` stands for: the checkpoint's calibrated one, else the uncalibrated default."""
+        if self.scale_policy is None:
+            logger.warning(
+                "%s has no calibrated matryoshka_policy.json; 'auto' uses an uncalibrated threshold", self.model_name
+            )
+            return default_policy(self.model)
+        return self.scale_policy
+
+    def resolve_budget(self, scale: int | AutoScale | ScalePolicy | None) -> int | ScalePolicy:
+        """A request's budget: a validated scale (None: the default), or a policy (`AUTO`: the checkpoint's)."""
+        if isinstance(scale, AutoScale):
+            return self.auto_policy
+        if isinstance(scale, ScalePolicy):
+            try:
+                return check_policy(self.model, scale)
+            except (TypeError, ValueError) as e:
+                raise RequestError(400, str(e), "matryoshka_vis_token_scale") from None
+        return self.resolve_scale(scale)
+
     def num_visual_tokens(self, scale: int | None, image_size: tuple[int, int] | None = None) -> int:
         """Visual tokens one image costs at `scale` (for anyres, an image of `image_size`; square if None)."""
         scale = self.resolve_scale(scale)
@@ -175,11 +212,13 @@ class CheckpointRules:
         self,
         prompt: str,
         image_sizes: Sequence[tuple[int, int]],
-        scale: int | None,
+        scale: int | AutoScale | ScalePolicy | None,
         sampling: SamplingParams,
     ) -> PreparedRequest:
-        """Validate a request and compute its token budget (no pixels yet); raises `RequestError` (400)."""
-        resolved = self.resolve_scale(scale)
+        """Validate a request and compute its token budget (no pixels yet); raises `RequestError` (400).
+        A policy's request is budgeted at its largest rung, the most it may read."""
+        budget = self.resolve_budget(scale)
+        resolved = budget.ladder[-1] if isinstance(budget, ScalePolicy) else budget
         placeholders = prompt.count(DEFAULT_IMAGE_TOKEN)
         if len(image_sizes) > self.max_images:
             raise RequestError(
@@ -212,7 +251,7 @@ class CheckpointRules:
             input_ids=input_ids,
             pixel_values=[],
             image_sizes=list(image_sizes),
-            scale=resolved,
+            scale=budget,
             visual_tokens=visual,
             prompt_tokens=prompt_tokens,
             max_new_tokens=min(sampling.max_new_tokens, self.max_new_tokens_limit, room),
@@ -240,8 +279,11 @@ class InferenceEngine(CheckpointRules):
         """Load a checkpoint with `load_pretrained_model` and wrap it."""
         from llava.mm_utils import get_model_name_from_path
         from llava.model.builder import load_pretrained_model
+        from llava.model.cpu_packing import prepare_for_inference
 
         model_name = model_name or get_model_name_from_path(model_path)
+        stored = load_checkpoint_policy(model_path)
+        engine_kwargs.setdefault("scale_policy", stored.policy if stored is not None else None)
         tokenizer, model, image_processor, context_len = load_pretrained_model(
             model_path,
             model_base,
@@ -251,8 +293,8 @@ class InferenceEngine(CheckpointRules):
             device=device,
             use_flash_attn=use_flash_attn,
             torch_compile=torch_compile,
-            cpu_weight_prepack=cpu_weight_prepack,
         )
+        prepare_for_inference(model, cpu_weight_prepack)
         return cls(tokenizer, model, image_processor, context_len, model_name, **engine_kwargs)
 
     @classmethod
@@ -277,7 +319,7 @@ class InferenceEngine(CheckpointRules):
         self,
         prompt: str,
         images: Sequence[Image.Image],
-        scale: int | None,
+        scale: int | AutoScale | ScalePolicy | None,
         sampling: SamplingParams,
     ) -> PreparedRequest:
         """Validate a request (`plan`) and preprocess its images; raises `RequestError` (400) when it cannot run."""
@@ -291,27 +333,62 @@ class InferenceEngine(CheckpointRules):
 
         One `generate` call through the shared path (`Generator.generate`): prompts left-padded, the
         batch's images encoded once, one scale and one temperature / top-p per row, and a `BatchTracker`
-        that streams each row and ends it on its own terms. Never raises for a failed generation: every
-        unfinished job then gets an "error" chunk, so a server thread can go on serving.
+        that streams each row and ends it on its own terms. Jobs that asked for a policy walk its ladder
+        together instead (one batch per policy). Never raises for a failed generation: every unfinished job
+        then gets an "error" chunk, so a server thread can go on serving.
         """
         jobs = [job for job in jobs if not job.cancelled]
-        if not jobs:
-            return
-        stops = [stop for job in jobs for stop in job.prepared.sampling.stop]
-        tracker = BatchTracker(jobs, self.generator.decode, set(self.generator.end_token_ids(stops)))
+        fixed = [job for job in jobs if not isinstance(job.prepared.scale, ScalePolicy)]
+        if fixed:
+            self._run_fixed(fixed)
+        for policy in dict.fromkeys(job.prepared.scale for job in jobs if isinstance(job.prepared.scale, ScalePolicy)):
+            self._run_policy([job for job in jobs if job.prepared.scale == policy], policy)
+
+    def _prompt_batch(self, jobs: Sequence[Job]) -> tuple[PromptBatch, list[SamplingParams]]:
+        """The jobs' prompts with their images encoded once, and each row's sampling settings."""
+        prepared = [job.prepared for job in jobs]
+        pixels = [pixels for p in prepared for pixels in p.pixel_values]
+        sizes = [size for p in prepared for size in p.image_sizes]
+        batch = PromptBatch([p.input_ids for p in prepared], self.generator.encode(pixels), sizes or None)
+        # The tracker ends each row at its own limit; generate runs to the largest.
+        return batch, [replace(p.sampling, max_new_tokens=p.max_new_tokens) for p in prepared]
+
+    def _end_ids(self, jobs: Sequence[Job]) -> set[int]:
+        return set(self.generator.end_token_ids([stop for job in jobs for stop in job.prepared.sampling.stop]))
+
+    def _run_fixed(self, jobs: Sequence[Job]) -> None:
+        tracker = BatchTracker(jobs, self.generator.decode, self._end_ids(jobs))
         try:
-            prepared = [job.prepared for job in jobs]
-            pixels = [pixels for p in prepared for pixels in p.pixel_values]
-            sizes = [size for p in prepared for size in p.image_sizes]
-            batch = PromptBatch([p.input_ids for p in prepared], self.generator.encode(pixels), sizes or None)
-            # The tracker ends each row at its own limit; generate runs to the largest.
-            params = [replace(p.sampling, max_new_tokens=p.max_new_tokens) for p in prepared]
-            self.generator.generate(batch, [p.scale for p in prepared], params, stopping=tracker)
+            batch, params = self._prompt_batch(jobs)
+            self.generator.generate(batch, [job.prepared.scale for job in jobs], params, stopping=tracker)
         except Exception as e:  # a failed batch must not take the server down
             logger.exception("generation failed for a batch of %d", len(jobs))
             tracker.fail(f"generation failed: {type(e).__name__}: {e}")
             return
         tracker.finish()
+
+    def _run_policy(self, jobs: Sequence[Job], policy: ScalePolicy) -> None:
+        """The jobs walk the policy's ladder together; each rung streams the rows it keeps through a tracker of its own."""
+        end_ids = self._end_ids(jobs)
+        trackers: list[BatchTracker] = []
+
+        def make_stopping(rows: Sequence[int], answers: Sequence[AdaptiveAnswer]) -> BatchTracker:
+            trackers.append(BatchTracker([jobs[row] for row in rows], self.generator.decode, end_ids, answers))
+            return trackers[-1]
+
+        try:
+            batch, params = self._prompt_batch(jobs)
+            answer_adaptive(self.generator, batch, policy, params, make_stopping)
+        except Exception as e:  # a failed batch must not take the server down
+            logger.exception("generation failed for a batch of %d with the adaptive budget", len(jobs))
+            message = f"generation failed: {type(e).__name__}: {e}"
+            # A job is in the tracker of the rung that kept it; the others were still walking the ladder.
+            walking = [job for job in jobs if not any(job in tracker.jobs for tracker in trackers)]
+            for tracker in [*trackers, BatchTracker(walking, self.generator.decode, end_ids)]:
+                tracker.fail(message)
+            return
+        for tracker in trackers:
+            tracker.finish()
 
 
 class AnswerTracker:
@@ -323,8 +400,16 @@ class AnswerTracker:
     vLLM backend one per request, so both stream and stop answers the same way.
     """
 
-    def __init__(self, job: Job, decode: Callable[[Sequence[int]], str], eos_ids: set[int]) -> None:
+    def __init__(
+        self,
+        job: Job,
+        decode: Callable[[Sequence[int]], str],
+        eos_ids: set[int],
+        budget: AdaptiveAnswer | None = None,
+    ) -> None:
         self.job = job
+        self.budget = budget
+        """For a policy's rung: the answer so far (whose last rung is this one), which the final chunk reports."""
         self.decode = decode
         self.eos_ids = eos_ids
         self.ids: list[int] = []
@@ -359,7 +444,15 @@ class AnswerTracker:
         self.done = True
         text = self.decode(self.ids) if text is None else text
         delta = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
-        self._emit(GenerationChunk(text=text, delta=delta, finish_reason=reason, completion_tokens=self.generated))
+        chunk = GenerationChunk(text=text, delta=delta, finish_reason=reason, completion_tokens=self.generated)
+        if self.budget is not None:
+            chunk.scale_used = self.budget.scale
+            chunk.visual_tokens = self.budget.visual_tokens
+            chunk.visual_tokens_processed = self.budget.visual_tokens_processed
+        else:
+            chunk.scale_used = self.job.prepared.scale
+            chunk.visual_tokens = chunk.visual_tokens_processed = self.job.prepared.visual_tokens
+        self._emit(chunk)
 
     def fail(self, message: str) -> None:
         self.done = True
@@ -381,11 +474,21 @@ class BatchTracker(StoppingCriteria):
 
     Called by `generate` after every step with the tokens so far (from `inputs_embeds` generation
     they are the new tokens only; the last column is always the newest). Finished and cancelled rows
-    are reported done, so `generate` pads them and ends when every row is done.
+    are reported done, so `generate` pads them and ends when every row is done. For a policy's rung,
+    `budgets` holds each row's answer so far, whose final chunk reports the rung that answered.
     """
 
-    def __init__(self, jobs: Sequence[Job], decode: Callable[[Sequence[int]], str], eos_ids: set[int]) -> None:
-        self.rows = [AnswerTracker(job, decode, eos_ids) for job in jobs]
+    def __init__(
+        self,
+        jobs: Sequence[Job],
+        decode: Callable[[Sequence[int]], str],
+        eos_ids: set[int],
+        budgets: Sequence[AdaptiveAnswer] | None = None,
+    ) -> None:
+        self.jobs = list(jobs)
+        self.rows = [
+            AnswerTracker(job, decode, eos_ids, budget) for job, budget in zip(jobs, budgets or [None] * len(jobs))
+        ]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         newest = input_ids[:, -1].tolist()

@@ -4,8 +4,9 @@ Served by every model worker, or on its own:
 
     python -m llava.serve.openai_api --model-path mucai/llava-v1.5-7b-m3 --port 8000 [--api-key KEY]
 
-Messages use the OpenAI format (string content, or `text` and `image_url` parts with `data:` base64
-URLs; http(s) URLs only with `--allow-remote-images`). `stream: true` answers with server-sent events.
+Messages use the OpenAI format (string content, or `text`, `image_url` and `video_url` parts with `data:`
+base64 URLs; http(s) URLs only with `--allow-remote-images`). A video is answered about as one image, the
+grid of a few of its frames (IG-VLM), at the request's budget. `stream: true` answers with server-sent events.
 The visual-token budget is the extra field `matryoshka_vis_token_scale` (with the `openai` client:
 `extra_body={"matryoshka_vis_token_scale": 9}`), and `usage.prompt_tokens` counts the visual tokens
 the images really cost at that budget (also reported as `usage.visual_tokens`). A client that hangs up
@@ -52,10 +53,15 @@ class ImageURL(RequestModel):
     detail: Text | None = None
 
 
+class VideoURL(RequestModel):
+    url: Text
+
+
 class ContentPart(RequestModel):
-    type: Literal["text", "image_url"]
+    type: Literal["text", "image_url", "video_url"]
     text: Text | None = None
     image_url: ImageURL | Text | None = None
+    video_url: VideoURL | Text | None = None
 
 
 class ChatMessage(RequestModel):
@@ -94,13 +100,16 @@ def _turns(messages: Sequence[ChatMessage]) -> list[ChatTurn]:
             for part in content:
                 if part.type == "text":
                     turn.parts.append(("text", part.text or ""))
-                elif part.image_url is None:
-                    raise RequestError(400, f"messages[{i}]: an image_url part needs an image_url", "messages")
-                else:
-                    url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
-                    turn.parts.append(("image", url))
-        if turn.role != "user" and any(kind == "image" for kind, _ in turn.parts):
-            raise RequestError(400, f"messages[{i}]: only user messages may carry images", "messages")
+                    continue
+                media = getattr(part, part.type)  # the part's image_url or video_url
+                if media is None:
+                    raise RequestError(
+                        400, f"messages[{i}]: a part of type {part.type!r} needs the field {part.type!r}", "messages"
+                    )
+                url = media if isinstance(media, str) else media.url
+                turn.parts.append((part.type.removesuffix("_url"), url))
+        if turn.role != "user" and any(kind != "text" for kind, _ in turn.parts):
+            raise RequestError(400, f"messages[{i}]: only user messages may carry images or videos", "messages")
         turns.append(turn)
     return turns
 

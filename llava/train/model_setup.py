@@ -1,41 +1,48 @@
 """Build the model to train: its start point, image tokens, which weights train, LoRA / QLoRA.
 
 Two start points, as in LLaVA/M3:
-- a LLaVA/M3 checkpoint (how M3 was trained: finetune llava-v1.5-7b on all budgets at once);
-  its architecture comes from its config, flags may only change the data layout;
+- a LLaVA/M3 checkpoint (how M3 was trained: finetune llava-v1.5-7b on all budgets at once), ours or
+  the original LLaVA code's (`model_type: "llava"`), saved as ours; its architecture comes from its
+  config, flags may only change the data layout;
 - a plain Llama / Mistral / Qwen2 model plus `--vision_tower`: tower, projector (and NeXT's
   `image_newline`) are added, the tower's weights come from `--vision_tower`, the projector's from
-  `--pretrain_mm_mlp_adapter` when given.
+  `--pretrain_mm_mlp_adapter` when given (else it starts from random values).
 
-Under DeepSpeed ZeRO-3, `from_pretrained` partitions the parameters as it builds the model; the
-weights loaded afterwards (tower, projector, new token rows) are written inside
-`deepspeed.zero.GatheredParameters`, identically on every rank.
+Loading is `llava.model.builder`'s, the same as for inference: every weight is accounted for, and
+under DeepSpeed ZeRO-3 (where `from_pretrained` partitions the parameters as it builds the model) the
+weights written afterwards (tower, projector, new token rows) are gathered on every rank.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, BitsAndBytesConfig, CLIPImageProcessor, CLIPVisionModel
-from transformers.integrations import is_deepspeed_zero3_enabled
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
-from llava.model import LLAVA_MODEL_CLASSES
+from llava.model import LLAVA_MODEL_CLASSES, PLAIN_LLM_FAMILIES
+from llava.model.builder import (
+    CheckpointConfig,
+    add_image_tokens,
+    llava_config_from_fields,
+    load_llava_weights,
+    quantization_config,
+    read_checkpoint_config,
+)
+
+# Re-exported for train.py and the trainer, which load through this module.
+from llava.model.builder import load_image_processor as load_image_processor
+from llava.model.builder import load_projector_weights as load_projector_weights
 from llava.model.matryoshka import parse_scales
+from llava.model.placement import gathered as gathered
 from llava.model.tokenizer import load_tokenizer as load_checkpoint_tokenizer
 from llava.optional import optional_dependency
 from llava.train.arguments import ModelArguments, TrainingArguments
 
 logger = logging.getLogger(__name__)
 
-# Plain language models we can start from, by their config's model_type.
-PLAIN_LLM_FAMILIES = {"llama": "llava_llama", "mistral": "llava_mistral", "qwen2": "llava_qwen2"}
 # Flags that would change the shape of a LLaVA checkpoint's weights: they must match it.
 ARCHITECTURE_FLAGS = ("mm_projector_type", "mm_vision_select_layer", "mm_vision_select_feature")
 # Flags that only change how data is laid out: they override the checkpoint's value.
@@ -46,9 +53,6 @@ LAYOUT_FLAGS = (
     "mm_use_im_start_end",
     "mm_use_im_patch_token",
 )
-# Kept in full precision under --bits 4/8 (as LLaVA does). transformers matches these from the start
-# of the module name (or as a suffix), so the multimodal modules need their full path.
-QUANT_SKIP_MODULES = ["model.mm_projector", "model.vision_tower", "lm_head"]
 MULTIMODAL_MODULES = ("mm_projector", "vision_tower", "image_newline")
 
 
@@ -56,27 +60,25 @@ def compute_dtype(args: TrainingArguments) -> torch.dtype:
     return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
 
 
-@contextlib.contextmanager
-def gathered(params: Iterable[nn.Parameter]) -> Iterator[None]:
-    """Full parameters inside the block under ZeRO-3 (changes made on every rank are kept); no-op otherwise."""
-    if not is_deepspeed_zero3_enabled():
-        yield
-        return
-    with optional_dependency():
-        import deepspeed
-
-    with deepspeed.zero.GatheredParameters(list(params), modifier_rank=0):
-        yield
-
-
 # -- config --------------------------------------------------------------------------------------
 
 
-def build_config(model_args: ModelArguments, training_args: TrainingArguments) -> Any:
+def read_start_point(model_args: ModelArguments, training_args: TrainingArguments) -> CheckpointConfig:
+    """The start checkpoint's config; transformers' LLaVA layout (llava-hf) is for inference only."""
+    source = read_checkpoint_config(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
+    if source.format == "llava-hf":
+        raise ValueError(
+            f"{model_args.model_name_or_path} is in transformers' LLaVA layout (llava-hf), which M3 loads for "
+            "inference; to train from it, save it in the M3 format first: load_pretrained_model(path, None, name) "
+            "and save_pretrained the model, tokenizer and image processor"
+        )
+    return source
+
+
+def build_config(model_args: ModelArguments, training_args: TrainingArguments, source: CheckpointConfig) -> Any:
     """The LLaVA config of the model to train, with the training-time fields set and validated."""
-    source = AutoConfig.from_pretrained(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
-    if source.model_type in LLAVA_MODEL_CLASSES:
-        config = source
+    if source.is_llava:
+        config = source.config
         for name in ARCHITECTURE_FLAGS:
             value = getattr(model_args, name)
             if value is not None and value != getattr(config, name):
@@ -86,19 +88,12 @@ def build_config(model_args: ModelArguments, training_args: TrainingArguments) -
                 )
         if model_args.vision_tower is not None:
             config.mm_vision_tower = model_args.vision_tower
-    elif source.model_type in PLAIN_LLM_FAMILIES:
-        config_cls = LLAVA_MODEL_CLASSES[PLAIN_LLM_FAMILIES[source.model_type]][0]
-        fields = {k: v for k, v in source.to_dict().items() if k not in ("model_type", "architectures")}
-        config = config_cls(**fields)
+    else:
+        config = llava_config_from_fields(source.config.to_dict(), PLAIN_LLM_FAMILIES[source.config.model_type])
         config.mm_vision_tower = model_args.vision_tower
         for name in ARCHITECTURE_FLAGS:
             if getattr(model_args, name) is not None:
                 setattr(config, name, getattr(model_args, name))
-    else:
-        raise ValueError(
-            f"{model_args.model_name_or_path} has model_type={source.model_type!r}; start from a LLaVA checkpoint "
-            f"({', '.join(LLAVA_MODEL_CLASSES)}) or a plain language model ({', '.join(PLAIN_LLM_FAMILIES)})"
-        )
     for name in LAYOUT_FLAGS:
         if getattr(model_args, name) is not None:
             setattr(config, name, getattr(model_args, name))
@@ -131,52 +126,6 @@ def load_tokenizer(model_args: ModelArguments, training_args: TrainingArguments)
         # As LLaVA v1 does; the collator builds the attention mask from lengths, so a shared id is harmless.
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
-
-
-def add_image_tokens(tokenizer: Any, model: Any) -> None:
-    """Add <im_patch> / <im_start>, <im_end> when the config asks; new embedding rows start at the mean."""
-    new_tokens = []
-    if model.config.mm_use_im_patch_token:
-        new_tokens.append(DEFAULT_IMAGE_PATCH_TOKEN)
-    if model.config.mm_use_im_start_end:
-        new_tokens += [DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN]
-    added = tokenizer.add_tokens(new_tokens, special_tokens=True) if new_tokens else 0
-    if not added:
-        return
-    model.resize_token_embeddings(len(tokenizer))
-    embeddings = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
-    with gathered(embeddings), torch.no_grad():
-        for weight in embeddings:
-            weight[-added:] = weight[:-added].mean(dim=0, keepdim=True)
-
-
-# -- weights -------------------------------------------------------------------------------------
-
-
-def load_vision_tower_weights(model: Any) -> None:
-    """Fill the tower from `config.mm_vision_tower` (a CLIP folder or hub id), ZeRO-3 safe."""
-    tower = model.get_vision_tower()
-    param = next(tower.parameters())
-    pretrained = CLIPVisionModel.from_pretrained(tower.tower_name, dtype=param.dtype)
-    with gathered(pretrained.parameters()), gathered(tower.parameters()):
-        missing, _ = tower.clip.load_state_dict(pretrained.state_dict(), strict=False)
-    if missing:
-        raise ValueError(f"vision tower {tower.tower_name!r} lacks weights {missing[:5]}")
-    logger.info("loaded vision tower weights from %s", tower.tower_name)
-
-
-def load_projector_weights(model: Any, file: str | Path) -> None:
-    """Load an `mm_projector.bin` (keys `[model.]mm_projector.*`, as pretraining saves it), ZeRO-3 safe."""
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    projector_state = {
-        key.split("mm_projector.", 1)[1]: value for key, value in state.items() if "mm_projector." in key
-    }
-    if not projector_state:
-        raise ValueError(f"{file} holds no mm_projector weights (keys: {list(state)[:5]})")
-    projector = model.get_model().mm_projector
-    with gathered(projector.parameters()):
-        projector.load_state_dict(projector_state)
-    logger.info("loaded projector weights from %s", file)
 
 
 # -- trainability --------------------------------------------------------------------------------
@@ -233,34 +182,26 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, to
         raise ValueError(f"--bits must be 4, 8 or 16, got {training_args.bits}")
     if model_args.tune_mm_mlp_adapter and training_args.lora_enable:
         raise ValueError("--tune_mm_mlp_adapter trains only the projector; it cannot be combined with --lora_enable")
-    config = build_config(model_args, training_args)
+    source = read_start_point(model_args, training_args)
+    config = build_config(model_args, training_args, source)
     if config.mm_vision_tower is None and (model_args.tune_mm_mlp_adapter or model_args.pretrain_mm_mlp_adapter):
         raise ValueError("training the projector needs a vision tower: pass --vision_tower")
-    model_cls = LLAVA_MODEL_CLASSES[config.model_type][1]
     dtype = compute_dtype(training_args)
     load_kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": model_args.attn_implementation}
     if training_args.bits in (4, 8):
-        with optional_dependency():
-            import bitsandbytes  # noqa: F401  (transformers imports it to quantise; fail here, naming the extra)
-        load_kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=training_args.bits == 4,
-            load_in_8bit=training_args.bits == 8,
-            llm_int8_skip_modules=QUANT_SKIP_MODULES,
-            bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_use_double_quant=training_args.double_quant,
-            bnb_4bit_quant_type=training_args.quant_type,
+        load_kwargs["quantization_config"] = quantization_config(
+            training_args.bits, dtype, training_args.double_quant, training_args.quant_type
         )
-    model, info = model_cls.from_pretrained(
+    model = load_llava_weights(
+        LLAVA_MODEL_CLASSES[config.model_type][1],
         model_args.model_name_or_path,
-        config=config,
+        config,
+        projector_file=model_args.pretrain_mm_mlp_adapter,
+        # A plain language model has no projector yet: projector pretraining starts it from random values.
+        fresh_projector=not source.is_llava,
         cache_dir=training_args.cache_dir,
-        output_loading_info=True,
         **load_kwargs,
     )
-    if model.get_vision_tower() is not None and any(".vision_tower." in k for k in info["missing_keys"]):
-        load_vision_tower_weights(model)
-    if model_args.pretrain_mm_mlp_adapter:
-        load_projector_weights(model, model_args.pretrain_mm_mlp_adapter)
     add_image_tokens(tokenizer, model)
     if training_args.bits in (4, 8):
         with optional_dependency():
@@ -275,15 +216,6 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments, to
     set_trainable(model, model_args, training_args.lora_enable)
     _log_trainable(model)
     return model
-
-
-def load_image_processor(model_name_or_path: str, config: Any) -> CLIPImageProcessor | None:
-    """The checkpoint's preprocessor_config.json when it has one, else the vision tower's."""
-    if config.mm_vision_tower is None:
-        return None
-    if (Path(model_name_or_path) / "preprocessor_config.json").exists():
-        return CLIPImageProcessor.from_pretrained(model_name_or_path)
-    return CLIPImageProcessor.from_pretrained(config.mm_vision_tower)
 
 
 def _log_trainable(model: nn.Module) -> None:

@@ -25,7 +25,7 @@ from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, rotate_checkpoints
 
-from llava.model.builder import _load_extra_weights
+from llava.model.builder import load_weight_file
 from llava.optional import optional_dependency
 from llava.train.checkpoints import PROJECTOR_FILE, UNFINISHED_DIR, publish, remove_unfinished
 from llava.train.model_setup import gathered, load_projector_weights
@@ -309,4 +309,4 @@ class LLaVATrainer(Trainer):
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         if self.is_lora and (folder / NON_LORA_FILE).exists():
-            _load_extra_weights(self.llava_model, folder / NON_LORA_FILE)
+            load_weight_file(self.llava_model, folder / NON_LORA_FILE)

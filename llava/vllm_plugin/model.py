@@ -29,6 +29,7 @@ from vllm.sequence import IntermediateTensors
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.model.anyres import merge_anyres_features
 from llava.model.config import LlavaMultimodalConfig
+from llava.model.cpu_packing import prepare_for_inference
 from llava.model.matryoshka import pool_visual_tokens
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from llava.model.multimodal_projector.builder import build_vision_projector
@@ -164,6 +165,10 @@ class M3LlavaForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
         loaded = loader.load_weights(checkpoint_weights())
         if not seen_tower:
             loaded |= loader.load_weights(self._external_tower_weights())
+        # vLLM's own linear layers run pre-packed oneDNN weights on the CPU; the projector is ours, so it
+        # gets our packing (where it pays; a no-op on GPUs, for other dtypes and for `identity`).
+        if any(True for _ in self.mm_projector.parameters()):
+            prepare_for_inference(self.mm_projector)
         return loaded
 
     def _external_tower_weights(self) -> Iterator[tuple[str, torch.Tensor]]:

@@ -19,9 +19,7 @@ from llava.model.convert_hf import to_hf_llava
 def save_plain_llava(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Write `checkpoint` (an M3 pad checkpoint) as a transformers LLaVA folder vLLM's LlavaForConditionalGeneration loads."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    tokenizer, model, image_processor, _ = load_pretrained_model(
-        str(checkpoint), None, checkpoint.name, device="cpu", cpu_weight_prepack=False
-    )
+    tokenizer, model, image_processor, _ = load_pretrained_model(str(checkpoint), None, checkpoint.name, device="cpu")
     if model.config.is_anyres:
         raise ValueError(f"{checkpoint} is an anyres checkpoint; only pad checkpoints map onto vLLM's LLaVA")
     # transformers' LLaVA marks each visual token with its own `<image>` id, one past the text vocabulary.

@@ -3,7 +3,9 @@
 vLLM asks the processor, per request, for the pixel tensors of each image and for the number of
 placeholder tokens each image takes in the prompt. Both are ours: pixels come from
 `llava.mm_utils.process_images` (pad to square with the processor's mean colour, or anyres crops), and
-the count is what the splice of our own model inserts at the request's `matryoshka_vis_token_scale`.
+the count is what the splice of our own model inserts at the request's `matryoshka_vis_token_scale`
+(`count_visual_tokens`, the function our model counts with). So are the prompt ids: the checkpoint's
+tokenizer as `load_tokenizer` opens it, chunk by chunk between images (`llava.vllm_plugin.prompt`).
 The budget also travels with each image to the model as a field of its own, so images of requests
 with different budgets batch together, and since vLLM keys its multimodal and prefix caches on the
 processor arguments, an image at one budget never reuses another budget's entries.
@@ -18,7 +20,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import BatchFeature, CLIPImageProcessor, CLIPVisionConfig
+from transformers import BatchFeature, CLIPImageProcessor, CLIPVisionConfig, PreTrainedTokenizerBase
 from vllm.config.multimodal import MultiModalDummyOptions
 from vllm.exceptions import VLLMValidationError
 from vllm.inputs import MultiModalDataDict
@@ -34,12 +36,15 @@ from vllm.multimodal.processing import (
 )
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.mm_utils import process_images, tokenizer_image_token
-from llava.model.anyres import count_anyres_tokens, parse_grid_pinpoints
-from llava.model.builder import _load_image_processor
+from llava.mm_utils import process_images
+from llava.model.anyres import parse_grid_pinpoints
+from llava.model.builder import load_image_processor
 from llava.model.config import LlavaMultimodalConfig
 from llava.model.matryoshka import validate_scale
 from llava.model.multimodal_encoder.clip_encoder import load_clip_vision_config
+from llava.model.tokenizer import load_tokenizer
+from llava.model.visual_tokens import count_visual_tokens
+from llava.vllm_plugin.prompt import m3_prompt_ids
 
 SCALE_KWARG = "matryoshka_vis_token_scale"
 
@@ -90,7 +95,7 @@ class M3ProcessingInfo(BaseProcessingInfo):
 
     @cached_property
     def image_processor(self) -> CLIPImageProcessor:
-        return _load_image_processor(self.ctx.model_config.model, self.get_hf_config().mm_vision_tower)
+        return load_image_processor(self.ctx.model_config.model, self.get_hf_config())
 
     @property
     def crop_size(self) -> int:
@@ -101,8 +106,18 @@ class M3ProcessingInfo(BaseProcessingInfo):
         return self.vision_config.image_size // self.vision_config.patch_size
 
     @cached_property
+    def prompt_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The checkpoint's tokenizer as `load_tokenizer` opens it: the ids the checkpoint was trained on.
+
+        vLLM's own (`get_tokenizer()`, transformers 5 as it stands) reads sentencepiece Llama tokenizers
+        differently (see llava/model/tokenizer.py); it still tokenizes the text first, and detokenizes.
+        """
+        config = self.ctx.model_config
+        return load_tokenizer(config.tokenizer, revision=config.tokenizer_revision)
+
+    @cached_property
     def placeholder_id(self) -> int:
-        return image_placeholder_id(self.get_tokenizer())
+        return image_placeholder_id(self.prompt_tokenizer)
 
     def resolve_scale(self, request_kwargs: Mapping[str, object]) -> int:
         """The validated budget of a request: its own, else the server's `--mm-processor-kwargs`, else the checkpoint's."""
@@ -122,14 +137,8 @@ class M3ProcessingInfo(BaseProcessingInfo):
             raise VLLMValidationError(str(err), parameter=f"mm_processor_kwargs.{SCALE_KWARG}", value=scale) from err
 
     def num_image_tokens(self, scale: int, image_size: tuple[int, int]) -> int:
-        """Visual tokens of one (width, height) image at `scale`, as our model's `num_visual_tokens` counts them."""
-        config = self.get_hf_config()
-        per_crop = scale + (1 if config.mm_vision_select_feature == "cls_patch" else 0)
-        if not config.is_anyres:
-            return per_crop
-        return count_anyres_tokens(
-            per_crop, image_size, config.image_grid_pinpoints, self.crop_size, config.mm_patch_merge_type
-        )
+        """Visual tokens of one (width, height) image at `scale`: our model's own count."""
+        return count_visual_tokens(self.get_hf_config(), scale, self.grid_side, self.crop_size, image_size)
 
     def get_image_size_with_most_features(self) -> ImageSize:
         config = self.get_hf_config()
@@ -177,22 +186,19 @@ class M3MultiModalProcessor(BaseMultiModalProcessor[M3ProcessingInfo]):
     def _postprocess_prompt(self, prompt: list[int]) -> list[int]:
         """Token ids as our `tokenizer_image_token` makes them, with one placeholder id per `<image>`.
 
-        vLLM tokenizes a text prompt as one string, where `<image>` becomes ordinary text tokens that
-        merge with their neighbours; LLaVA tokenizes the text between images chunk by chunk, and the
-        checkpoint was trained on those ids. So the ids are decoded back to the text and tokenized our
-        way, which needs a tokenizer whose decoding gives the text back (byte-level BPE, SentencePiece
-        with byte fallback: Llama, Vicuna, Mistral, Qwen2). A prompt given as ids that already hold the
-        placeholder (`prompt_token_ids` from `tokenizer_image_token(..., image_token_index=<placeholder>)`)
-        is kept as it is: the way to serve a tokenizer that loses text, such as M3-Shapes' word-level one.
+        vLLM tokenizes a text prompt as one string with its own tokenizer, where `<image>` becomes
+        ordinary text tokens that merge with their neighbours; LLaVA tokenizes the text between images
+        chunk by chunk with `load_tokenizer`'s tokenizer, and the checkpoint was trained on those ids. So
+        the ids are turned back into the text (`llava.vllm_plugin.prompt`) and tokenized our way, which
+        needs a tokenizer whose ids keep the text (byte-level BPE, SentencePiece with byte fallback:
+        Llama, Vicuna, Mistral, Qwen2). A prompt given as ids that already hold the placeholder
+        (`prompt_token_ids` from `tokenizer_image_token(..., image_token_index=<placeholder>)`) is kept as
+        it is: the way to serve a tokenizer that loses text, such as M3-Shapes' word-level one.
         """
         placeholder = self.info.placeholder_id
         if placeholder in prompt:
             return prompt
-        tokenizer = self.info.get_tokenizer()
-        if prompt and prompt[0] == tokenizer.bos_token_id:
-            prompt = prompt[1:]
-        text = tokenizer.decode(prompt, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        return tokenizer_image_token(text, tokenizer, image_token_index=placeholder)
+        return m3_prompt_ids(prompt, self.info.get_tokenizer(), self.info.prompt_tokenizer, placeholder)
 
     def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
         images = [_as_pil(image, i) for i, image in enumerate(hf_data.get("images", []))]

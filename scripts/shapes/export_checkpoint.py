@@ -26,9 +26,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("src", type=Path)
     parser.add_argument("dst", type=Path)
     args = parser.parse_args(argv)
-    tokenizer, model, image_processor, _ = load_pretrained_model(
-        str(args.src), None, args.src.name, device="cpu", cpu_weight_prepack=False
-    )
+    tokenizer, model, image_processor, _ = load_pretrained_model(str(args.src), None, args.src.name, device="cpu")
     args.dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.dst)
     tokenizer.save_pretrained(args.dst)

@@ -71,7 +71,7 @@ class WorkCounter:
 
 
 def count_work(monkeypatch: pytest.MonkeyPatch) -> WorkCounter:
-    """Count vision-tower calls (a forward hook on `get_vision_tower()`) and the generate calls (`Generator.answer`,
+    """Count vision-tower calls (a forward hook on `get_vision_tower()`) and the generate calls (`Generator.generate`,
     wrapped) of harness runs."""
     counter = WorkCounter()
     load_model = harness.load_model
@@ -80,13 +80,13 @@ def count_work(monkeypatch: pytest.MonkeyPatch) -> WorkCounter:
         generator = load_model(*args, **kwargs)
         tower = generator.model.get_vision_tower()
         tower.register_forward_hook(lambda module, inputs, output: counter.tower_batches.append(inputs[0].shape[0]))
-        answer = generator.answer
+        generate = generator.generate
 
-        def counting_answer(batch: PromptBatch, *args: Any, **kwargs: Any) -> list[str]:
+        def counting_generate(batch: PromptBatch, *args: Any, **kwargs: Any) -> Any:
             counter.generate_rows.append(len(batch.input_ids))
-            return answer(batch, *args, **kwargs)
+            return generate(batch, *args, **kwargs)
 
-        monkeypatch.setattr(generator, "answer", counting_answer)
+        monkeypatch.setattr(generator, "generate", counting_generate)
         return generator
 
     monkeypatch.setattr(harness, "load_model", counting_load_model)

@@ -169,7 +169,7 @@ def test_mmbench_end_to_end_rounds_and_scales_share_one_encoding(
             (1, r) for r in range(3)
         ] + [(1_000_000, r) for r in range(4)]
         assert lines[4]["prompt"] == "看图\n什么颜色?\nA. 红\nB. 绿\nC. 蓝"
-        assert lines[0]["metadata"] == {"matryoshka_vis_token_scale": scale}
+        assert lines[0]["metadata"]["matryoshka_vis_token_scale"] == scale
         results = mmbench.main(["--tsv", str(mmbench_tsv), "--answers", str(path)])
         assert results["num_rows_without_answer"] == 0 and results["num_questions"] == 2
 

@@ -80,7 +80,17 @@ def test_one_scale_writes_the_answers_file_itself(tmp_path: Path, tiny_llava_pad
         common_args(tiny_llava_pad, questions, answers, "36", "--image-folder", str(tmp_path / "images"))
     )
     assert paths == {36: answers}
-    assert read_jsonl(answers)[0]["metadata"] == {"matryoshka_vis_token_scale": 36}
+    metadata = read_jsonl(answers)[0]["metadata"]
+    assert set(metadata) == {
+        "matryoshka_vis_token_scale",
+        "p_first",
+        "visual_tokens",
+        "visual_tokens_processed",
+        "seconds",
+    }
+    assert metadata["matryoshka_vis_token_scale"] == 36
+    assert metadata["visual_tokens"] == metadata["visual_tokens_processed"] == 36
+    assert 0 < metadata["p_first"] <= 1 and metadata["seconds"] > 0
 
 
 def test_answers_file_names_per_scale() -> None:

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from llava.eval.scoring import gqa, scienceqa, seed
-from llava.eval.scoring.common import ScoringError, parse_option_letter
+from llava.eval.scoring.choice import parse_option_letter, read_choices
+from llava.eval.scoring.common import ScoringError, read_answers_by_id
 
 
 @pytest.mark.parametrize(
@@ -34,6 +35,23 @@ def test_parse_option_letter(text: str, letter: str | None) -> None:
 def test_parse_option_letter_by_option_text() -> None:
     assert parse_option_letter("Cat.", "ABC", ["dog", "cat", "bird"]) == "B"
     assert parse_option_letter("cat", "AB", ["cat", "Cat"]) is None  # ambiguous
+
+
+def test_read_choices_of_the_asked_questions(write_answers, caplog) -> None:
+    answers = read_answers_by_id(write_answers({"q3": "no idea", "q1": "C", "q2": "(B)", "other": "A"}))
+    asked = ["q1", "q2", "q3", "q4"]
+    read = read_choices(answers, asked, "test questions", lambda qid, text: parse_option_letter(text, "AB"))
+    assert read.chosen == {"q3": None, "q1": None, "q2": "B"}  # C is not one of the two options
+    assert list(read.unreadable.items()) == [("q3", "no idea"), ("q1", "C")]  # in answers-file order
+    assert read.missing == 1  # q4; the answer to "other" is not asked for here
+    assert "1 of 4 test questions have no answer; counted wrong" in caplog.text
+
+
+def test_read_choices_passes_the_question_to_the_reader(write_answers) -> None:
+    answers = read_answers_by_id(write_answers({"two": "B", "three": "C"}))
+    options = {"two": "AB", "three": "ABC"}
+    read = read_choices(answers, ["two", "three"], "questions", lambda qid, text: options[qid].index(text))
+    assert read.chosen == {"two": 1, "three": 2}
 
 
 def _problem(subject: str, grade: int, answer: int, hint: str = "", image: str | None = None) -> dict:

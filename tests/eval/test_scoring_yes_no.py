@@ -174,3 +174,15 @@ def test_mme_question_not_in_ground_truth_is_named(mme_root, write_answers) -> N
     expected = r"answers.jsonl:1: question 'Is there a horse\?' about 'existence/000.png' is not in .*\(000.txt\)"
     with pytest.raises(ScoringError, match=expected):
         mme.records_from_answers(answers, mme_root)
+
+
+def test_mme_malformed_lines_are_named_in_both_layouts(mme_root, tmp_path) -> None:
+    # A blank line is skipped; a line with the wrong number of tab-separated fields is named.
+    (mme_root / "existence" / "000.txt").write_text("\nIs there a dog?\tYes\nIs there a cat? No\n")
+    with pytest.raises(ScoringError, match=r"000.txt:3: expected question<TAB>answer, got 1 fields"):
+        mme.load_ground_truth(mme_root)
+    eval_tool = tmp_path / "eval_tool"
+    eval_tool.mkdir()
+    (eval_tool / "count.txt").write_text("1.jpg\tTwo cats?\tYes\tyes\n1.jpg\tThree cats?\tNo\n")
+    with pytest.raises(ScoringError, match=r"count.txt:2: expected image<TAB>question<TAB>ground truth<TAB>prediction"):
+        mme.read_eval_tool_dir(eval_tool)

@@ -50,7 +50,7 @@ def reference(tiny_llava_pad):
 def test_full_checkpoint_round_trip(reference, tmp_path):
     tokenizer, model, image_processor, context = reference
     assert isinstance(model, LlavaLlamaForCausalLM) and not model.training
-    assert model.dtype == torch.float32 and context == 2048
+    assert model.dtype == torch.float32 and context == model.config.max_position_embeddings == 2048
     assert image_processor.crop_size["height"] == 48
     model.save_pretrained(tmp_path / "copy")
     tokenizer.save_pretrained(tmp_path / "copy")

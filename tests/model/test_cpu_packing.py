@@ -1,4 +1,4 @@
-"""`cpu_weight_prepack`: oneDNN-packed linear layers give the same model, for inference on CPU."""
+"""`prepare_for_inference`: oneDNN-packed linear layers give the same model, for inference on CPU."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from torch import nn
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.builder import load_pretrained_model
-from llava.model.cpu_packing import PACK_MIN_WEIGHTS, PackedLinear, cpu_packing_available, pack_linear_weights
+from llava.model.cpu_packing import (
+    PACK_MIN_WEIGHTS,
+    PackedLinear,
+    cpu_packing_available,
+    pack_linear_weights,
+    prepare_for_inference,
+)
 from llava.testing import build_tiny_llava
 
 pytestmark = pytest.mark.skipif(not cpu_packing_available(), reason="torch built without oneDNN")
@@ -17,10 +23,17 @@ pytestmark = pytest.mark.skipif(not cpu_packing_available(), reason="torch built
 PIXELS = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
 
 
+def load(path, cpu_weight_prepack: bool | None = None, **kwargs):
+    """As the inference entry points load: `load_pretrained_model`, then `prepare_for_inference`."""
+    tokenizer, model, _, _ = load_pretrained_model(str(path), None, "tiny", device="cpu", **kwargs)
+    prepare_for_inference(model, cpu_weight_prepack)
+    return tokenizer, model
+
+
 @pytest.fixture(scope="module")
 def plain_and_packed(tiny_llava_pad):
-    tokenizer, plain, _, _ = load_pretrained_model(str(tiny_llava_pad), None, "tiny", device="cpu")
-    _, packed, _, _ = load_pretrained_model(str(tiny_llava_pad), None, "tiny", device="cpu", cpu_weight_prepack=True)
+    tokenizer, plain = load(tiny_llava_pad, cpu_weight_prepack=False)
+    _, packed = load(tiny_llava_pad, cpu_weight_prepack=True)
     return tokenizer, plain, packed
 
 
@@ -98,7 +111,14 @@ def test_tied_weights_stay_tied_and_unpacked():
 )
 def test_prepack_where_it_cannot_apply_is_a_clear_error(tiny_llava_pad, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        load_pretrained_model(str(tiny_llava_pad), None, "tiny", device="cpu", cpu_weight_prepack=True, **kwargs)
+        load(tiny_llava_pad, cpu_weight_prepack=True, **kwargs)
+
+
+def test_the_loader_returns_a_plain_model_and_refuses_the_old_packing_keyword(tiny_llava_pad):
+    _, model, _, _ = load_pretrained_model(str(tiny_llava_pad), None, "tiny", device="cpu")
+    assert not any(isinstance(module, PackedLinear) for module in model.modules())
+    with pytest.raises(TypeError, match="call llava.model.cpu_packing.prepare_for_inference"):
+        load_pretrained_model(str(tiny_llava_pad), None, "tiny", device="cpu", cpu_weight_prepack=True)
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +131,8 @@ def wide_mlp_llava(tmp_path_factory, tiny_clip):
 
 
 def test_default_packs_only_the_layers_where_packing_pays(wide_mlp_llava):
-    tokenizer, default, _, _ = load_pretrained_model(str(wide_mlp_llava), None, "wide", device="cpu")
-    _, plain, _, _ = load_pretrained_model(str(wide_mlp_llava), None, "wide", device="cpu", cpu_weight_prepack=False)
+    tokenizer, default = load(wide_mlp_llava)
+    _, plain = load(wide_mlp_llava, cpu_weight_prepack=False)
     packed_names = {name for name, module in default.named_modules() if isinstance(module, PackedLinear)}
     mlp_names = {
         f"model.layers.{i}.mlp.{proj}"
@@ -128,16 +148,20 @@ def test_default_packs_only_the_layers_where_packing_pays(wide_mlp_llava):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_a_refused_cast_leaves_the_whole_model_as_it_was(wide_mlp_llava):
-    _, model, _, _ = load_pretrained_model(str(wide_mlp_llava), None, "wide", device="cpu")
-    with pytest.raises(ValueError, match="cpu_weight_prepack=False"):
+def test_a_prepared_model_refuses_to_be_cast_and_the_plain_one_trains(wide_mlp_llava):
+    _, model = load(wide_mlp_llava)
+    with pytest.raises(ValueError, match="move or cast the model before prepare_for_inference"):
         model.to(torch.bfloat16)
-    assert {p.dtype for p in model.parameters()} == {torch.float32}
-    assert model.to("cpu").float() is model  # no change of device or dtype: allowed
+    _, plain, _, _ = load_pretrained_model(str(wide_mlp_llava), None, "wide", device="cpu")
+    plain.train()
+    ids = torch.tensor([[1, 5, 6, 7]])
+    plain(input_ids=ids, labels=ids).loss.backward()
+    assert plain.model.layers[0].mlp.gate_proj.weight.grad is not None
+    assert plain.to(torch.bfloat16).dtype == torch.bfloat16
 
 
 def test_default_does_not_pack_where_packing_cannot_apply(wide_mlp_llava):
-    _, model, _, _ = load_pretrained_model(str(wide_mlp_llava), None, "wide", device="cpu", dtype=torch.bfloat16)
+    _, model = load(wide_mlp_llava, dtype=torch.bfloat16)
     assert not any(isinstance(module, PackedLinear) for module in model.modules())
     assert model.model.layers[0].mlp.gate_proj.weight.dtype == torch.bfloat16
 
@@ -149,7 +173,7 @@ def test_a_packed_model_refuses_to_move_or_cast_by_name():
     with torch.inference_mode():
         expected = model(x)
     for move in (lambda: model.to(torch.bfloat16), lambda: model.double(), lambda: model.to("meta")):
-        with pytest.raises(ValueError, match="cannot become .* load the model with cpu_weight_prepack=False"):
+        with pytest.raises(ValueError, match="cannot become .* or call it with cpu_weight_prepack=False"):
             move()
     model.to("cpu")  # no change of device or dtype: allowed, and the layers still work
     model.float()

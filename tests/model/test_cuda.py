@@ -65,3 +65,33 @@ def test_mixed_scale_batch_on_cuda_matches_samples_alone(tiny_llava_pad):
     for i, scale in enumerate((9, 144)):
         alone = model.generate(batch[i : i + 1], images=pixels[i : i + 1], matryoshka_vis_token_scale=scale, **kwargs)
         assert both[i].tolist() == alone[0].tolist()
+
+
+def test_device_map_auto_answers_as_on_the_cpu(tiny_llava_pad):
+    tokenizer, on_cpu, _, _ = load_pretrained_model(str(tiny_llava_pad), None, "tiny", device="cpu")
+    _, on_gpu, _, _ = load_pretrained_model(
+        str(tiny_llava_pad), None, "tiny", device="cuda", device_map="auto", dtype=torch.float32
+    )
+    assert on_gpu.model.mm_projector[0].weight.device.type == "cuda"
+    ids, pixels = torch.tensor([prompt(tokenizer)]), torch.randn(1, 3, 48, 48)
+    for scale in (576, 9):
+        expected = on_cpu(input_ids=ids, images=pixels, matryoshka_vis_token_scale=scale).logits
+        got = on_gpu(input_ids=ids.cuda(), images=pixels.cuda(), matryoshka_vis_token_scale=scale).logits
+        torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llava_pad", "tiny_llava_anyres"])
+def test_tower_and_projector_on_another_device_than_the_language_model(fixture, request):
+    """Pixels, features and image_newline each go where the module that uses them is."""
+    path = request.getfixturevalue(fixture)
+    tokenizer, model, _, _ = load_pretrained_model(str(path), None, "tiny", device="cuda", dtype=torch.float32)
+    ids = torch.tensor([prompt(tokenizer)], device="cuda")
+    crops = 5 if model.config.is_anyres else 1  # a square 96 px image on the 2x2 grid, plus the base image
+    pixels = torch.randn(1, crops, 3, 48, 48, device="cuda") if model.config.is_anyres else torch.randn(1, 3, 48, 48)
+    kwargs = dict(images=pixels.cuda(), image_sizes=[(96, 96)], matryoshka_vis_token_scale=36)
+    expected = model(input_ids=ids, **kwargs).logits
+    model.get_vision_tower().to("cpu")
+    model.model.mm_projector.to("cpu")
+    got = model(input_ids=ids, **kwargs).logits
+    assert got.device.type == "cuda"
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

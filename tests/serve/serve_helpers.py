@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import io
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -59,12 +62,14 @@ def start_controller(
     return BackgroundServer(app).start()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition", interval: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 def spawn_worker(
@@ -91,3 +96,24 @@ def spawn_worker(
 
     wait_for(up, timeout=180, what=f"the worker process on port {port}")
     return process, url
+
+
+@contextmanager
+def serve_folder(folder: Path) -> Iterator[str]:
+    """A plain http server of `folder`'s files on 127.0.0.1 (a remote site for the URL tests); yields its URL."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

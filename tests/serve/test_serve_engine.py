@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 
 from llava.generation import PerRowSampling, SamplingParams, top_p_filter
+from llava.scale_policy import AUTO, ScalePolicy
 from llava.serve.engine import GenerationChunk, InferenceEngine, Job
 from llava.serve.http import RequestError
 
@@ -157,3 +159,39 @@ def test_the_server_default_scale_applies_when_a_request_names_none(tiny_llava_p
     assert engine.prepare(PROMPT, [image()], None, GREEDY).visual_tokens == 36
     with pytest.raises(ValueError, match="valid values"):
         InferenceEngine.from_pretrained(str(tiny_llava_pad), device="cpu", default_scale=35)
+
+
+def test_policy_requests_stream_only_the_answering_rung_and_say_which(engine: InferenceEngine) -> None:
+    params = SamplingParams(temperature=0.0, max_new_tokens=8)
+    to_576 = ScalePolicy((1, 9, 576), (1.0, 1.0, 0.0))  # nothing kept below 576
+    at_1 = ScalePolicy.uniform((1, 9, 576), 0.0)  # everything kept at 1
+    requests = [
+        engine.prepare(PROMPT, [image()], to_576, params),
+        engine.prepare(PROMPT, [image((40, 70), (20, 90, 200))], 9, params),
+        engine.prepare(PROMPT, [image()], at_1, params),
+    ]
+    # A policy request is budgeted at its largest rung, the most it may read.
+    assert requests[0].visual_tokens == 576 and requests[0].scale == to_576
+    walked, fixed, kept = run(engine, *requests)
+    (alone_576,) = run(engine, engine.prepare(PROMPT, [image()], 576, params))
+    (alone_1,) = run(engine, engine.prepare(PROMPT, [image()], 1, params))
+    assert walked[-1].text == alone_576[-1].text and kept[-1].text == alone_1[-1].text
+    assert "".join(c.delta for c in walked) == walked[-1].text  # no text of the rungs 1 and 9 was streamed
+    assert (walked[-1].scale_used, walked[-1].visual_tokens, walked[-1].visual_tokens_processed) == (576, 576, 586)
+    assert (kept[-1].scale_used, kept[-1].visual_tokens_processed) == (1, 1)
+    assert (fixed[-1].scale_used, fixed[-1].visual_tokens, fixed[-1].visual_tokens_processed) == (9, 9, 9)
+
+
+def test_auto_is_the_checkpoint_policy_and_a_bad_policy_a_400(engine: InferenceEngine) -> None:
+    assert engine.resolve_budget(AUTO).ladder == (1, 9, 36, 144, 576)  # no policy file: the uncalibrated default
+    assert engine.resolve_budget(None) == 576
+    with pytest.raises(RequestError) as info:
+        engine.prepare(PROMPT, [image()], ScalePolicy.uniform((1, 100), 0.5), GREEDY)
+    assert info.value.status == 400 and "valid values" in info.value.message
+
+
+def test_a_failing_policy_batch_reports_an_error_to_every_job(engine: InferenceEngine) -> None:
+    request = engine.prepare(PROMPT, [image()], ScalePolicy.uniform((1, 9), 1.0), GREEDY)
+    broken = replace(request, pixel_values=[torch.zeros(3, 7, 7)])  # not the tower's input size
+    (chunks,) = run(engine, broken)
+    assert chunks[-1].finish_reason == "error" and "image crops must have shape" in chunks[-1].error

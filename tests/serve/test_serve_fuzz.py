@@ -4,15 +4,18 @@ Schemathesis generates requests from each app's OpenAPI schema, some that fit ea
 some that break it (wrong types, missing fields, out-of-range numbers, odd strings). Hypothesis then
 puts hostile JSON into one field of a valid body at a time: NaN, Infinity, 9.0, thousands of digits,
 lone surrogates, deep nesting, values of every other type, which a schema-driven generator does not
-write. Each app gets a few hundred requests. None may be a 5xx, no answer may carry a failed
-generation, every refusal must be JSON, and the server must serve a normal request afterwards. The
-examples are derandomized, so a failure reproduces on the next run.
+write; and sends real video clips broken the ways files break (cut short, bytes changed, inserted or
+spliced from another clip, another format's header) as videos. Each app gets a few hundred requests.
+None may be a 5xx, no answer may carry a failed generation, every refusal must be JSON, and the server
+must serve a normal request afterwards. The examples are derandomized, so a failure reproduces on the
+next run.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +32,11 @@ from llava.serve import openai_api
 from llava.serve.http import BackgroundServer
 from llava.serve.protocol import WorkerAddress
 from llava.serve.service import service_from_args
+from llava.testing import write_test_video
 
 EXAMPLES_PER_APP = 300
 HOSTILE_PER_APP = 150
+BROKEN_VIDEOS = 150
 KEY = "fuzz-key"
 SMALL = ["--max-new-tokens-limit", "3", "--max-request-bytes", str(256 * 1024), "--max-image-pixels", str(512 * 512)]
 
@@ -192,3 +197,69 @@ def test_fuzzing_the_controller_never_gets_a_server_error(fuzz_worker: Backgroun
         assert answer.status_code == 200 and b'"finish_reason": "length"' in answer.content
     finally:
         controller.stop()
+
+
+def broken_videos(clips: Sequence[bytes]) -> st.SearchStrategy[bytes]:
+    """Real clips broken the ways files break: cut short, bytes changed, bytes inserted, two clips spliced
+    together, and another format's header (a playlist, a concat list, RIFF, GIF) before random bytes."""
+    clip = st.sampled_from(clips)
+    cut = st.tuples(clip, st.floats(0, 1)).map(lambda c: c[0][: int(len(c[0]) * c[1])])
+    changes = st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=32)
+
+    def changed(c: tuple[bytes, list[tuple[float, int]]]) -> bytes:
+        data = bytearray(c[0])
+        for where, value in c[1]:
+            data[int(where * len(data))] = value
+        return bytes(data)
+
+    def inserted(c: tuple[bytes, float, bytes]) -> bytes:
+        at = int(c[1] * len(c[0]))
+        return c[0][:at] + c[2] + c[0][at:]
+
+    def spliced(c: tuple[bytes, bytes, float, float]) -> bytes:
+        return c[0][: int(c[2] * len(c[0]))] + c[1][int(c[3] * len(c[1])) :]
+
+    unit = st.floats(0, 1)
+    headers = [
+        b"#EXTM3U\n#EXTINF:1,\nfile:///etc/passwd\n",
+        b"ffconcat version 1.0\nfile /etc/passwd\n",
+        b"RIFF",
+        b"GIF89a",
+    ]
+    return st.one_of(
+        cut,
+        st.tuples(clip, changes).map(changed),
+        st.tuples(clip, unit, st.binary(min_size=1, max_size=64)).map(inserted),
+        st.tuples(clip, clip, unit, unit).map(spliced),
+        st.tuples(st.sampled_from(headers), st.binary(max_size=512)).map(lambda c: c[0] + c[1]),
+    )
+
+
+@pytest.mark.slow
+def test_fuzzing_videos_never_gets_a_server_error(fuzz_worker: BackgroundServer, tiny_llava_pad: Path, tmp_path: Path):
+    """Broken videos as OpenAI `video_url` parts and as the worker protocol's `data:video/...` images."""
+    codecs = {"clip.mp4": "libx264", "clip.avi": "mpeg4", "clip.mkv": "libx264", "clip.webm": "libvpx"}
+    clips = [write_test_video(tmp_path / name, 40, codec=codec).read_bytes() for name, codec in codecs.items()]
+    statuses: list[int] = []
+
+    def ask(video: bytes, route: str) -> httpx.Response:
+        url = f"data:video/mp4;base64,{base64.b64encode(video).decode()}"
+        if route == "/worker_generate_stream":
+            body = {"prompt": "USER: <image>\nWhat? ASSISTANT:", "images": [url], "max_new_tokens": 2}
+        else:
+            content = [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "What?"}]
+            body = {"model": tiny_llava_pad.name, "messages": [{"role": "user", "content": content}], "max_tokens": 2}
+        return httpx.post(f"{fuzz_worker.url}{route}", json=body, timeout=120)
+
+    @settings(FUZZ_SETTINGS, max_examples=BROKEN_VIDEOS)
+    @given(video=broken_videos(clips), route=st.sampled_from(["/worker_generate_stream", "/v1/chat/completions"]))
+    def run(video: bytes, route: str) -> None:
+        response = ask(video, route)
+        where = f"POST {route} with a broken video of {len(video)} bytes"
+        check_answer(where, response.status_code, response.headers.get("content-type", ""), response.content)
+        statuses.append(response.status_code)
+
+    run()
+    assert 200 in statuses and 400 in statuses  # some breakages still decode, most do not
+    for clip in clips:
+        assert ask(clip, "/v1/chat/completions").json()["usage"]["completion_tokens"] == 2

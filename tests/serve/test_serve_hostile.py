@@ -120,7 +120,7 @@ def test_openai_errors_name_the_field_in_param(stack, tiny_llava_pad: Path) -> N
     assert response.status_code == 400 and error["type"] == "invalid_request_error"
     assert error["param"] == "messages.0.content"
     assert "messages.0.content: Input should be a valid string" in error["message"]
-    assert "messages.0.content.1.type: Input should be 'text' or 'image_url'" in error["message"]
+    assert "messages.0.content.1.type: Input should be 'text', 'image_url' or 'video_url'" in error["message"]
 
 
 def test_unknown_routes_and_methods_answer_json(stack) -> None:

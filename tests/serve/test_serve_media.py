@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import base64
-import http.server
 import io
 import struct
-import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from serve_helpers import serve_folder
 
 from llava.serve.http import RequestError
 from llava.serve.media import ImagePolicy, decode_image
@@ -69,20 +68,8 @@ def image_site(tmp_path: Path) -> Iterator[str]:
     """A local http server with one PNG and one large file, on 127.0.0.1."""
     (tmp_path / "cat.png").write_bytes(png_bytes((12, 12), (1, 2, 3)))
     (tmp_path / "huge.bin").write_bytes(b"\0" * (100 * 1024))
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, directory=str(tmp_path), **kwargs)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve_folder(tmp_path) as url:
+        yield url
 
 
 def test_http_urls_are_fetched_only_when_allowed(image_site: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,8 +17,10 @@ from PIL import Image
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
 from llava.mm_utils import process_images, tokenizer_image_token
+from llava.model import LLAVA_MODEL_CLASSES
 from llava.model.builder import load_pretrained_model
-from llava.testing import ANYRES_PINPOINTS, build_tiny_llava
+from llava.model.tokenizer import load_tokenizer
+from llava.testing import ANYRES_PINPOINTS, build_tiny_llava, tiny_image_processor, tiny_llava_config
 
 VLLM_MISSING = "vLLM is not installed here; tests/vllm_plugin runs in .venv-vllm (bash scripts/ci/vllm_env.sh)"
 SCALES = [576, 144, 36, 9, 1]
@@ -41,6 +44,24 @@ def build_anyres_checkpoint(root: Path, tower: Path) -> Path:
         mm_patch_merge_type="spatial_unpad",
         **WIDE_HEADS,
     )
+
+
+def build_checkpoint_with_tokenizer(out_dir: Path, tower: Path, tokenizer_dir: Path) -> Path:
+    """A pad checkpoint whose tokenizer files are `tokenizer_dir`'s, copied as they are.
+
+    Copied rather than saved through transformers, so a `tokenizer_config.json` without `legacy` stays
+    without it (saving would write the key out). The vocabulary is the tokenizer's.
+    """
+    vocab_size = len(load_tokenizer(str(tokenizer_dir)))
+    config = tiny_llava_config(tower, vocab_size, matryoshka_vis_token_scale=SCALES, pad_token_id=None, **WIDE_HEADS)
+    torch.manual_seed(0)
+    model = LLAVA_MODEL_CLASSES["llava_llama"][1](config)
+    model.get_vision_tower().load_pretrained_weights()
+    model.save_pretrained(out_dir)
+    tiny_image_processor(model.get_vision_tower().image_size).save_pretrained(out_dir)
+    for file in tokenizer_dir.iterdir():
+        shutil.copy(file, out_dir / file.name)
+    return out_dir
 
 
 def noise_image(width: int, height: int, seed: int) -> Image.Image:

@@ -8,9 +8,12 @@ lmms-eval finds the model in either of its plugin mechanisms, without any change
 - the entry-point group `lmms_eval.models` (lmms-eval 0.4+; declared in this package's
   pyproject, so `pip install -e .` is enough): the entry point is `manifest` below;
 - the older `LMMS_EVAL_PLUGINS=llava.eval.lmms_eval_plugin` environment variable, which imports
-  `llava.eval.lmms_eval_plugin.models` and reads its `AVAILABLE_MODELS`.
+  `llava.eval.lmms_eval_plugin.models` and reads its `AVAILABLE_MODELS`, and needs a `tasks` folder
+  beside it.
 
-Nothing here imports lmms-eval until the model class is loaded, so `llava` does not depend on it.
+`tasks/` holds the plugin's own lmms-eval tasks (M3-Shapes, see `shapes_task`), found with
+`--include_path llava/eval/lmms_eval_plugin/tasks`. Nothing here imports lmms-eval until the model
+class is loaded, so `llava` does not depend on it.
 """
 
 from __future__ import annotations

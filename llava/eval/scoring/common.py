@@ -1,4 +1,5 @@
-"""Helpers every scorer shares: reading answers files, parsing option letters, writing results.
+"""Helpers every scorer shares: reading answers and question files, the output flags, means, writing
+results and submission files, and running a scoring command.
 
 Answers files are LLaVA's JSONL: one object per line with at least `question_id` and `text`
 (the generator also writes `prompt`, `answer_id`, `model_id` and `metadata`). Question ids are
@@ -8,11 +9,11 @@ and JSON round trips through other tools turn one into the other.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
-import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,14 @@ def read_answers(path: str | Path) -> list[Answer]:
     return answers
 
 
-def index_answers(answers: Iterable[Answer], path: str | Path) -> dict[str, Answer]:
-    """Key answers by question id; a question answered twice is an error naming both lines."""
+def index_answers(
+    answers: Iterable[Answer], path: str | Path, known: Collection[str] | None = None, known_as: str = ""
+) -> dict[str, Answer]:
+    """Key answers by question id, checking each line in file order.
+
+    A question answered twice is an error naming both lines; with `known`, so is an answer to a
+    question outside it (`known_as` names where the known questions come from, for the message).
+    """
     by_id: dict[str, Answer] = {}
     for answer in answers:
         if answer.question_id in by_id:
@@ -95,54 +102,48 @@ def index_answers(answers: Iterable[Answer], path: str | Path) -> dict[str, Answ
             raise ScoringError(
                 f"{path}:{answer.line}: question_id {answer.question_id!r} already answered on line {first}"
             )
+        if known is not None and answer.question_id not in known:
+            raise ScoringError(f"{path}:{answer.line}: question_id {answer.question_id!r} is not in {known_as}")
         by_id[answer.question_id] = answer
     return by_id
 
 
-def check_known_ids(
-    answers: Iterable[Answer], known: Mapping[str, Any] | set[str], path: str | Path, what: str
-) -> None:
-    """Fail on the first answer whose question id is not in the reference (`what` names it)."""
-    for answer in answers:
-        if answer.question_id not in known:
-            raise ScoringError(f"{path}:{answer.line}: question_id {answer.question_id!r} is not in {what}")
+def read_answers_by_id(path: str | Path, known: Collection[str] | None = None, known_as: str = "") -> dict[str, Answer]:
+    """`read_answers` keyed by question id, with the checks of `index_answers`."""
+    return index_answers(read_answers(path), path, known, known_as)
 
 
-_LEADING_LETTER = re.compile(r"^\(?([A-Z])(?:\)|\.|:|,|\s*$)")
-# Only "answer is" is case-insensitive: a lowercase "a" after it is an article ("the answer is a cat").
-_ANSWER_IS = re.compile(r"(?:(?i:answer is|answer)\s*:?|答案(?:是|为)?\s*[:：]?)\s*\(?([A-Z])\b")
+def read_question_jsonl(path: str | Path, fields: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """A LLaVA question JSONL keyed by question id (a string), in file order.
 
-
-def parse_option_letter(text: str, letters: str = "ABCD", options: list[str] | None = None) -> str | None:
-    """Return the option letter a free-form answer picks, or None when it cannot be read.
-
-    Accepted, in order: a bare letter ("B"), a leading letter followed by punctuation ("B.",
-    "(B)", "B: cat", "B) cat"), "The answer is B." / "Answer: B", and, when `options` (the
-    option texts, in letter order) are given, an answer that is exactly one option's text.
-    A letter outside `letters` (say "E" for a four-option question) is not an answer. A leading
-    "A " is not read as a letter: "A dog" is an article, not option A.
+    Every line needs `question_id` and each of `fields`; a question id given twice is an error: the
+    scorers that read a question file use it to route or name answers, which a repeat makes ambiguous.
     """
-    cleaned = text.strip()
-    match = _LEADING_LETTER.match(cleaned)
-    letter = match.group(1) if match else None
-    if letter is None:
-        match = _ANSWER_IS.search(cleaned)
-        if match:
-            letter = match.group(1)
-    if letter is None and options is not None:
-        wanted = _plain(cleaned)
-        hits = [letters[i] for i, option in enumerate(options[: len(letters)]) if _plain(option) == wanted]
-        letter = hits[0] if len(hits) == 1 else None
-    return letter if letter is not None and letter in letters else None
-
-
-def _plain(text: str) -> str:
-    return " ".join(text.lower().rstrip(".").split())
+    needed = " and ".join(repr(key) for key in ("question_id", *fields))
+    questions: dict[str, dict[str, Any]] = {}
+    for number, row in read_jsonl(path):
+        if any(key not in row for key in ("question_id", *fields)):
+            raise ScoringError(f"{path}:{number}: question needs {needed} (keys: {sorted(row)})")
+        qid = str(row["question_id"])
+        if qid in questions:
+            raise ScoringError(f"{path}:{number}: duplicate question_id {qid!r}")
+        questions[qid] = row
+    return questions
 
 
 def percent(numerator: float, denominator: int) -> float:
     """100 * numerator / denominator, 0.0 for an empty set (reported, never a crash)."""
     return 100.0 * numerator / denominator if denominator else 0.0
+
+
+def mean(values: Collection[float]) -> float:
+    """The mean as a fraction, 0.0 for an empty set.
+
+    Scorers that report `100.0 * mean(...)` divide before multiplying, unlike `percent`. The two
+    orders can differ in the last digit, so each scorer keeps one of them: its scores then compare
+    exactly with results files written by earlier versions.
+    """
+    return sum(values) / len(values) if values else 0.0
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
@@ -153,6 +154,30 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write one JSON object per line (UTF-8, non-ASCII kept), creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+
+
+def write_submission(
+    path: str | Path, entries: Collection[Any], what: str = "answers", indent: int | None = None
+) -> None:
+    """Write the file a benchmark's own evaluator or test server takes, and say how many entries it holds."""
+    write_json(path, entries, indent=indent)
+    print(f"wrote {len(entries)} {what} to {path}")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, per_sample: str | None) -> None:
+    """The scoring commands' output flags: `--output` for results.json and, when the scorer knows
+    per question whether the answer was right, `--per-sample`; `per_sample` describes that file's
+    mapping, e.g. "{question_id: correct}"."""
+    parser.add_argument("--output", help="write results.json here")
+    if per_sample is not None:
+        parser.add_argument("--per-sample", help=f"write {per_sample} here (for the oracle sweep)")
 
 
 def write_outputs(

@@ -18,7 +18,6 @@ Every balanced question needs a prediction: a missing one is an error naming it.
 from __future__ import annotations
 
 import argparse
-import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,14 +27,15 @@ from typing import Any
 from llava.eval.scoring.common import (
     Answer,
     ScoringError,
-    check_known_ids,
-    index_answers,
+    add_output_arguments,
+    mean,
     print_metrics,
     read_answers,
+    read_answers_by_id,
     read_json,
     run_cli,
-    write_json,
     write_outputs,
+    write_submission,
 )
 
 
@@ -79,20 +79,15 @@ def score(
             groups[name][types.get(name, "unknown")].append(correct)
 
     def fractions(group: dict[str, list[bool]]) -> dict[str, float]:
-        return {name: sum(values) / len(values) for name, values in sorted(group.items())}
+        return {name: mean(values) for name, values in sorted(group.items())}
 
     return GQAScore(
-        accuracy=sum(per_sample.values()) / len(per_sample) if per_sample else 0.0,
+        accuracy=mean(per_sample.values()),
         by_kind=fractions(groups["kind"]),
         by_structural=fractions(groups["structural"]),
         by_semantic=fractions(groups["semantic"]),
         per_sample=per_sample,
     )
-
-
-def predictions_from_answers(answers: Sequence[Answer], path: str | Path) -> dict[str, str]:
-    """Normalised prediction per question id; a question answered twice is an error."""
-    return {qid: normalize_prediction(a.text) for qid, a in index_answers(answers, path).items()}
 
 
 def convert(answers: Sequence[Answer]) -> list[dict[str, str]]:
@@ -112,9 +107,9 @@ def load_questions(path: str | Path) -> dict[str, dict[str, Any]]:
 
 def evaluate(questions_file: str | Path, answers_file: str | Path) -> tuple[dict[str, Any], dict[str, bool]]:
     questions = load_questions(questions_file)
-    answers = read_answers(answers_file)
-    check_known_ids(answers, questions, answers_file, f"the questions {questions_file}")
-    result = score(predictions_from_answers(answers, answers_file), questions, str(questions_file))
+    answers = read_answers_by_id(answers_file, questions, f"the questions {questions_file}")
+    predictions = {qid: normalize_prediction(answer.text) for qid, answer in answers.items()}
+    result = score(predictions, questions, str(questions_file))
     results = {
         "benchmark": "gqa",
         "metric": "accuracy",
@@ -133,18 +128,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     score_cmd = commands.add_parser("score", help="balanced accuracy, overall and per type")
     score_cmd.add_argument("--questions", required=True, help="testdev_balanced_questions.json")
     score_cmd.add_argument("--answers", required=True)
-    score_cmd.add_argument("--output", help="write results.json here")
-    score_cmd.add_argument("--per-sample", help="write {question_id: correct} here (for the oracle sweep)")
+    add_output_arguments(score_cmd, "{question_id: correct}")
     convert_cmd = commands.add_parser("convert", help="write GQA's predictions JSON for its eval.py")
     convert_cmd.add_argument("--answers", required=True)
     convert_cmd.add_argument("--output", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     if args.command == "convert":
-        entries = convert(read_answers(args.answers))
-        write_json(args.output, entries, indent=None)
-        print(f"wrote {len(entries)} predictions to {args.output}")
+        write_submission(args.output, convert(read_answers(args.answers)), what="predictions")
         return None
     results, per_sample = evaluate(args.questions, args.answers)
     print_metrics(

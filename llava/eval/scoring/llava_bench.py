@@ -22,7 +22,6 @@ the means down as in the original.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -31,12 +30,14 @@ from typing import Any
 
 from llava.eval.scoring.common import (
     ScoringError,
-    index_answers,
+    add_output_arguments,
+    mean,
     print_metrics,
-    read_answers,
+    read_answers_by_id,
     read_json,
     read_jsonl,
     run_cli,
+    write_jsonl,
     write_outputs,
 )
 from llava.eval.scoring.judge import Judge, openai_judge
@@ -82,8 +83,8 @@ def summarize(reviews: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float
         logger.warning("%d reviews have unreadable scores and are left out", failed)
     summary = {}
     for category, pairs in sorted(by_category.items()):
-        reference = sum(p[0] for p in pairs) / len(pairs)
-        model = sum(p[1] for p in pairs) / len(pairs)
+        reference = mean([p[0] for p in pairs])
+        model = mean([p[1] for p in pairs])
         summary[category] = {
             "relative": 100.0 * model / reference if reference else 0.0,
             "reference": reference,
@@ -94,6 +95,8 @@ def summarize(reviews: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float
 
 
 def _index_jsonl(path: str | Path, key: str) -> dict[str, dict[str, Any]]:
+    """Rows keyed by `key`; unlike a question file (`read_question_jsonl`), a repeated key is not an error:
+    the context file is keyed by image, and LLaVA's reviewer lets a later line win."""
     rows: dict[str, dict[str, Any]] = {}
     for number, row in read_jsonl(path):
         if key not in row:
@@ -112,8 +115,8 @@ def review(
 ) -> list[dict[str, Any]]:
     """One review record per question: the judge prompt, plus the judge's reply and scores when judged."""
     contexts = _index_jsonl(context_file, "image")
-    references = index_answers(read_answers(reference_file), reference_file)
-    answers = index_answers(read_answers(answers_file), answers_file)
+    references = read_answers_by_id(reference_file)
+    answers = read_answers_by_id(answers_file)
     rules = read_json(rule_file)
     records = []
     for number, question in read_jsonl(questions_file):
@@ -157,16 +160,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     rev.add_argument("--judge-model", help="OpenAI model to judge with (off by default: prompts only)")
     summ = commands.add_parser("summarize", help="relative scores from a reviews JSONL")
     summ.add_argument("--reviews", required=True)
-    summ.add_argument("--output", help="write results.json here")
+    add_output_arguments(summ, None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     if args.command == "review":
         judge = openai_judge(args.judge_model) if args.judge_model else None
         records = review(args.questions, args.context, args.reference, args.answers, args.rule, judge)
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        write_jsonl(args.output, records)
         print(f"wrote {len(records)} {'reviews' if judge else 'judge prompts'} to {args.output}")
         return None
     reviews = []

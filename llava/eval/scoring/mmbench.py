@@ -34,10 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llava.eval.scoring.choice import parse_option_letter
 from llava.eval.scoring.common import (
     Answer,
     ScoringError,
-    parse_option_letter,
+    add_output_arguments,
+    mean,
     percent,
     print_metrics,
     read_answers,
@@ -118,10 +120,10 @@ def circular_accuracy(
         buckets: dict[str, list[bool]] = defaultdict(list)
         for group, ok in group_ok.items():
             buckets[getattr(base[group], attribute)].append(ok)
-        return {name: sum(oks) / len(oks) for name, oks in sorted(buckets.items())}
+        return {name: mean(oks) for name, oks in sorted(buckets.items())}
 
     return {
-        "accuracy": sum(group_ok.values()) / len(group_ok) if group_ok else 0.0,
+        "accuracy": mean(group_ok.values()),
         "per_category": by("category"),
         "per_l2_category": by("l2_category"),
         "per_group": dict(group_ok),
@@ -252,10 +254,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tsv", required=True, help="MMBench or MMBench-CN TSV")
     parser.add_argument("--answers", required=True)
     parser.add_argument("--submission", help="write the upload .xlsx here")
-    parser.add_argument("--output", help="write results.json here")
-    parser.add_argument("--per-sample", help="write {question: correct} here (for the oracle sweep)")
+    add_output_arguments(parser, "{question: correct}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     results, per_sample = evaluate(args.tsv, args.answers, args.submission)
     if results["score"] is not None:

@@ -29,12 +29,20 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llava.eval.scoring.common import ScoringError, print_metrics, read_answers, run_cli, write_outputs
+from llava.eval.scoring.common import (
+    ScoringError,
+    add_output_arguments,
+    mean,
+    print_metrics,
+    read_answers,
+    run_cli,
+    write_outputs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +112,8 @@ def score_subtask(records: Sequence[MMERecord]) -> SubtaskScore:
                 f"MME {records[0].subtask}: image {image!r} has {len(results)} answered questions, expected 2"
             )
     questions = [ok for results in by_image.values() for ok in results]
-    acc = sum(questions) / len(questions)
-    acc_plus = sum(all(results) for results in by_image.values()) / len(by_image)
+    acc = mean(questions)
+    acc_plus = mean([all(results) for results in by_image.values()])
     return SubtaskScore(acc, acc_plus, 100 * acc + 100 * acc_plus, len(by_image), other)
 
 
@@ -128,6 +136,18 @@ def score_all(records: Sequence[MMERecord]) -> dict[str, Any]:
     }
 
 
+def _tab_separated(txt: Path, layout: Sequence[str]) -> Iterator[list[str]]:
+    """The fields of each non-blank line of an MME text file; a line without exactly the fields of
+    `layout` (their names, for the message) is an error naming it."""
+    for number, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(layout):
+            raise ScoringError(f"{txt}:{number}: expected {'<TAB>'.join(layout)}, got {len(fields)} fields: {line!r}")
+        yield fields
+
+
 def _question_key(question: str) -> str:
     return " ".join(question.replace(_LLAVA_SUFFIX, "").split())
 
@@ -145,13 +165,8 @@ def load_ground_truth(gt_dir: str | Path) -> dict[tuple[str, str, str], str]:
         if not folder.is_dir():
             continue
         for txt in sorted(folder.glob("*.txt")):
-            for number, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), start=1):
-                if not line.strip():
-                    continue
-                parts = line.rstrip("\n").split("\t")
-                if len(parts) != 2:
-                    raise ScoringError(f"{txt}:{number}: expected 'question<TAB>answer', got {line!r}")
-                gt[(subtask, txt.stem, _question_key(parts[0]))] = parts[1].strip()
+            for question, answer in _tab_separated(txt, ("question", "answer")):
+                gt[(subtask, txt.stem, _question_key(question))] = answer.strip()
     if not gt:
         raise ScoringError(f"{gt_dir}: no MME question files found under the subtask folders {list(PERCEPTION)}...")
     return gt
@@ -189,13 +204,8 @@ def read_eval_tool_dir(folder: str | Path) -> list[MMERecord]:
     if not files:
         raise ScoringError(f"{folder}: no <subtask>.txt result files")
     for txt in files:
-        for number, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) != 4:
-                raise ScoringError(f"{txt}:{number}: expected 4 tab-separated fields, got {len(parts)}: {line!r}")
-            records.append(MMERecord(txt.stem, *parts))
+        for fields in _tab_separated(txt, ("image", "question", "ground truth", "prediction")):
+            records.append(MMERecord(txt.stem, *fields))
     return records
 
 
@@ -234,10 +244,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--gt-dir", help="MME_Benchmark_release_version")
     parser.add_argument("--eval-tool-dir", help="score MME eval_tool result files instead")
     parser.add_argument("--write-eval-tool-dir", help="also write the eval_tool result files here")
-    parser.add_argument("--output", help="write results.json here")
-    parser.add_argument("--per-sample", help="write {question_id: correct} here (for the oracle sweep)")
+    add_output_arguments(parser, "{question_id: correct}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     if args.eval_tool_dir is not None:
         if args.answers or args.gt_dir:

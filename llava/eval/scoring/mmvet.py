@@ -26,13 +26,15 @@ from typing import Any
 from llava.eval.scoring.common import (
     Answer,
     ScoringError,
+    add_output_arguments,
     index_answers,
+    percent,
     print_metrics,
     read_answers,
     read_json,
     run_cli,
-    write_json,
     write_outputs,
+    write_submission,
 )
 from llava.eval.scoring.judge import Judge, openai_judge
 
@@ -73,8 +75,8 @@ def summarize(scores: Mapping[str, float], meta: Mapping[str, Mapping[str, Any]]
         for capability in meta[key]["capability"]:
             per_capability[capability].append(value)
     return {
-        "total": 100.0 * sum(scores.values()) / len(scores) if scores else 0.0,
-        "per_capability": {c: 100.0 * sum(v) / len(v) for c, v in sorted(per_capability.items())},
+        "total": percent(sum(scores.values()), len(scores)),
+        "per_capability": {c: percent(sum(v), len(v)) for c, v in sorted(per_capability.items())},
     }
 
 
@@ -108,16 +110,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     grade_cmd.add_argument("--answers", required=True)
     grade_cmd.add_argument("--meta", required=True, help="mm-vet.json")
     grade_cmd.add_argument("--judge-model", required=True, help="OpenAI model, e.g. gpt-4-0613")
-    grade_cmd.add_argument("--output", help="write results.json here")
-    grade_cmd.add_argument("--per-sample", help="write {v1_id: score} here (for the oracle sweep)")
+    add_output_arguments(grade_cmd, "{v1_id: score}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     answers = read_answers(args.answers)
     if args.command == "submit":
-        entries = submission(answers, args.answers)
-        write_json(args.output, entries)
-        print(f"wrote {len(entries)} answers to {args.output}")
+        write_submission(args.output, submission(answers, args.answers), indent=2)
         return None
     meta = read_json(args.meta)
     scores = grade(answers, meta, openai_judge(args.judge_model, temperature=0.0), args.answers, args.meta)

@@ -21,7 +21,6 @@ recall and F1 with "yes" as the positive class, and the share of "yes" predictio
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,10 +29,12 @@ from typing import Any
 from llava.eval.scoring.common import (
     Answer,
     ScoringError,
+    add_output_arguments,
     index_answers,
     print_metrics,
     read_answers,
     read_jsonl,
+    read_question_jsonl,
     run_cli,
     write_outputs,
 )
@@ -106,15 +107,7 @@ def read_labels(path: str | Path) -> list[tuple[int, str, str]]:
 
 def read_categories(path: str | Path) -> dict[str, str]:
     """Split name (`category`) per question id of LLaVA's POPE question file."""
-    categories: dict[str, str] = {}
-    for number, row in read_jsonl(path):
-        if "question_id" not in row or "category" not in row:
-            raise ScoringError(f"{path}:{number}: question needs 'question_id' and 'category' (keys: {sorted(row)})")
-        qid = str(row["question_id"])
-        if qid in categories:
-            raise ScoringError(f"{path}:{number}: duplicate question_id {qid!r}")
-        categories[qid] = row["category"]
-    return categories
+    return {qid: row["category"] for qid, row in read_question_jsonl(path, ["category"]).items()}
 
 
 def pair_split(
@@ -202,10 +195,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--labels", type=_split_file, action="append", required=True, metavar="SPLIT=FILE")
     parser.add_argument("--question-file", help="LLaVA POPE questions with a 'category' (split) per question")
     parser.add_argument("--match", choices=("question_id", "order"), default="question_id")
-    parser.add_argument("--output", help="write results.json here")
-    parser.add_argument("--per-sample", help="write {split/question_id: correct} here (for the oracle sweep)")
+    add_output_arguments(parser, "{split/question_id: correct}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     label_files = dict(args.labels)
     if len(label_files) != len(args.labels):

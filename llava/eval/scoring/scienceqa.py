@@ -18,26 +18,22 @@ when it has neither (a problem can be both TXT and IMG); G1-6 / G7-12 by grade.
 from __future__ import annotations
 
 import argparse
-import logging
 import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from llava.eval.scoring.choice import parse_option_letter, read_choices
 from llava.eval.scoring.common import (
     ScoringError,
-    check_known_ids,
-    index_answers,
-    parse_option_letter,
+    add_output_arguments,
     percent,
     print_metrics,
-    read_answers,
+    read_answers_by_id,
     read_json,
     run_cli,
     write_outputs,
 )
-
-logger = logging.getLogger(__name__)
 
 _SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
 _GRADE_BANDS = {f"grade{g}": "G1-6" if g <= 6 else "G7-12" for g in range(1, 13)}
@@ -100,20 +96,12 @@ def evaluate(
             raise ScoringError(f"{split_file}: problem {pid!r} of split {split!r} is not in {problems_file}")
         if not isinstance(problems[pid].get("answer"), int) or not isinstance(problems[pid].get("choices"), list):
             raise ScoringError(f"{problems_file}: problem {pid!r} needs an int 'answer' and a 'choices' list")
-    answers = index_answers(read_answers(answers_file), answers_file)
-    check_known_ids(answers.values(), set(pids), answers_file, f"split {split!r} of {split_file}")
-
-    predictions: dict[str, str | None] = {}
-    unparsed: dict[str, str] = {}
-    for pid, answer in answers.items():
-        letters = string.ascii_uppercase[: len(problems[pid]["choices"])]
-        predictions[pid] = parse_option_letter(answer.text, letters)
-        if predictions[pid] is None:
-            unparsed[pid] = answer.text
-    missing = len(pids) - len(answers)
-    if missing:
-        logger.warning("%d of %d problems of split %r have no answer; counted wrong", missing, len(pids), split)
-    scores = score(predictions, problems, pids)
+    answers = read_answers_by_id(answers_file, set(pids), f"split {split!r} of {split_file}")
+    letters = {pid: string.ascii_uppercase[: len(problems[pid]["choices"])] for pid in pids}
+    read = read_choices(
+        answers, pids, f"problems of split {split!r}", lambda pid, text: parse_option_letter(text, letters[pid])
+    )
+    scores = score(read.chosen, problems, pids)
     results = {
         "benchmark": "scienceqa",
         "metric": "accuracy",
@@ -121,8 +109,8 @@ def evaluate(
         "accuracy_per_category": scores["per_category"],
         "count_per_category": scores["count_per_category"],
         "num_problems": len(pids),
-        "num_missing": missing,
-        "unparsed": unparsed,
+        "num_missing": read.missing,
+        "unparsed": read.unreadable,
     }
     return results, scores["per_sample"]
 
@@ -133,10 +121,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--split-file", required=True, help="pid_splits.json or a JSON list of pids")
     parser.add_argument("--split", default="test")
     parser.add_argument("--answers", required=True)
-    parser.add_argument("--output", help="write results.json here")
-    parser.add_argument("--per-sample", help="write {pid: correct} here (for the oracle sweep)")
+    add_output_arguments(parser, "{pid: correct}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     results, per_sample = evaluate(args.problems, args.split_file, args.answers, args.split)
     print_metrics(

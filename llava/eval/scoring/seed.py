@@ -14,25 +14,21 @@ questions of the data type, so types weigh by their size, as in LLaVA's and SEED
 from __future__ import annotations
 
 import argparse
-import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from llava.eval.scoring.choice import parse_option_letter, read_choices
 from llava.eval.scoring.common import (
     ScoringError,
-    check_known_ids,
-    index_answers,
-    parse_option_letter,
+    add_output_arguments,
     percent,
     print_metrics,
-    read_answers,
+    read_answers_by_id,
     read_json,
     run_cli,
     write_outputs,
 )
-
-logger = logging.getLogger(__name__)
 
 
 def load_questions(path: str | Path) -> tuple[list[dict[str, Any]], dict[int, str]]:
@@ -54,24 +50,19 @@ def evaluate(
     questions_file: str | Path, answers_file: str | Path, data_type: str = "image"
 ) -> tuple[dict[str, Any], dict[str, bool]]:
     questions, type_names = load_questions(questions_file)
-    answers = index_answers(read_answers(answers_file), answers_file)
-    check_known_ids(answers.values(), {str(q["question_id"]) for q in questions}, answers_file, str(questions_file))
+    answers = read_answers_by_id(answers_file, {str(q["question_id"]) for q in questions}, str(questions_file))
 
     selected = [q for q in questions if data_type == "all" or q.get("data_type", "image") == data_type]
     if not selected:
         raise ScoringError(f"{questions_file}: no questions with data_type {data_type!r}")
+    ids = [str(q["question_id"]) for q in selected]
+    read = read_choices(answers, ids, f"{data_type} questions", lambda _, text: parse_option_letter(text))
     per_sample: dict[str, bool] = {}
     per_type: dict[int, list[bool]] = defaultdict(list)
-    missing = unparsed = 0
     for question in selected:
         qid = str(question["question_id"])
-        letter = parse_option_letter(answers[qid].text) if qid in answers else None
-        missing += qid not in answers
-        unparsed += qid in answers and letter is None
-        per_sample[qid] = letter == question["answer"]
+        per_sample[qid] = read.chosen.get(qid) == question["answer"]
         per_type[int(question["question_type_id"])].append(per_sample[qid])
-    if missing:
-        logger.warning("%d of %d %s questions have no answer; counted wrong", missing, len(selected), data_type)
     results = {
         "benchmark": "seed",
         "metric": "accuracy",
@@ -79,8 +70,8 @@ def evaluate(
         "score": percent(sum(per_sample.values()), len(per_sample)),
         "accuracy_per_type": {type_names[t]: percent(sum(per_type[t]), len(per_type[t])) for t in sorted(per_type)},
         "num_questions": len(selected),
-        "num_missing": missing,
-        "num_unparsed": unparsed,
+        "num_missing": read.missing,
+        "num_unparsed": len(read.unreadable),
     }
     return results, per_sample
 
@@ -90,10 +81,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--questions", required=True, help="SEED-Bench.json")
     parser.add_argument("--answers", required=True)
     parser.add_argument("--data-type", default="image", choices=("image", "video", "all"))
-    parser.add_argument("--output", help="write results.json here")
-    parser.add_argument("--per-sample", help="write {question_id: correct} here (for the oracle sweep)")
+    add_output_arguments(parser, "{question_id: correct}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     results, per_sample = evaluate(args.questions, args.answers, args.data_type)
     print_metrics(f"SEED-Bench ({args.data_type}) {args.answers}", {"accuracy": results["score"]})

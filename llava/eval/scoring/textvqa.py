@@ -12,12 +12,18 @@ text instead; our question files carry TextVQA's own question ids).
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Any
 
-from llava.eval.scoring.common import ScoringError, print_metrics, read_answers, read_json, run_cli, write_outputs
-from llava.eval.scoring.vqa import score_vqa, vqa_results
+from llava.eval.scoring.common import (
+    ScoringError,
+    add_output_arguments,
+    print_metrics,
+    read_json,
+    run_cli,
+    write_outputs,
+)
+from llava.eval.scoring.vqa import evaluate_vqa
 
 
 def load_annotations(path: str | Path) -> dict[str, list[str]]:
@@ -38,19 +44,15 @@ def load_annotations(path: str | Path) -> dict[str, list[str]]:
 
 def evaluate(annotation_file: str | Path, answers_file: str | Path) -> tuple[dict[str, Any], dict[str, float]]:
     """Results (accuracy in percent) and the per-question accuracy of one answers file."""
-    gt = load_annotations(annotation_file)
-    score = score_vqa(read_answers(answers_file), gt, answers_file, annotation_file)
-    return vqa_results("textvqa", score), score.per_sample
+    return evaluate_vqa("textvqa", answers_file, load_annotations(annotation_file), annotation_file)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--annotation-file", required=True, help="TextVQA_0.5.1_val.json")
     parser.add_argument("--answers", required=True, help="LLaVA answers JSONL")
-    parser.add_argument("--output", help="write results.json here")
-    parser.add_argument("--per-sample", help="write {question_id: accuracy} here (for the oracle sweep)")
+    add_output_arguments(parser, "{question_id: accuracy}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     results, per_sample = evaluate(args.annotation_file, args.answers)
     print_metrics(f"TextVQA {args.answers}", {"accuracy": results["score"], "samples": results["num_answered"]})

@@ -15,37 +15,16 @@ annotation list `[{"image", "question", "answers": [{"answer", "answer_confidenc
 
 from __future__ import annotations
 
-import argparse
-import logging
 from pathlib import Path
 from typing import Any
 
-from llava.eval.scoring.common import (
-    ScoringError,
-    print_metrics,
-    read_answers,
-    read_json,
-    read_jsonl,
-    run_cli,
-    write_json,
-    write_outputs,
-)
-from llava.eval.scoring.vqa import fill_submission, score_vqa, vqa_results
+from llava.eval.scoring.common import ScoringError, read_json, read_question_jsonl, run_cli
+from llava.eval.scoring.vqa import evaluate_vqa, fill_submission, human_answers, run_vqa_command, vqa_parser
 
 
 def read_images(question_file: str | Path) -> dict[str, str]:
     """Image file name per question id (string), in question-file order."""
-    images: dict[str, str] = {}
-    for number, row in read_jsonl(question_file):
-        if "question_id" not in row or "image" not in row:
-            raise ScoringError(
-                f"{question_file}:{number}: question needs 'question_id' and 'image' (keys: {sorted(row)})"
-            )
-        qid = str(row["question_id"])
-        if qid in images:
-            raise ScoringError(f"{question_file}:{number}: duplicate question_id {qid!r}")
-        images[qid] = row["image"]
-    return images
+    return {qid: row["image"] for qid, row in read_question_jsonl(question_file, ["image"]).items()}
 
 
 def load_annotations(path: str | Path) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -53,17 +32,7 @@ def load_annotations(path: str | Path) -> tuple[dict[str, list[str]], dict[str, 
     data = read_json(path)
     if not isinstance(data, list):
         raise ScoringError(f"{path}: expected VizWiz's annotation list [{{'image', 'answers', ...}}]")
-    answers: dict[str, list[str]] = {}
-    types: dict[str, str] = {}
-    for i, entry in enumerate(data):
-        try:
-            answers[entry["image"]] = [a["answer"] for a in entry["answers"]]
-        except (KeyError, TypeError):
-            raise ScoringError(
-                f"{path}: [{i}] needs 'image' and 'answers' [{{'answer': ...}}], got {entry!r:.160}"
-            ) from None
-        types[entry["image"]] = entry.get("answer_type", "unknown")
-    return answers, types
+    return human_answers(data, "image", path)
 
 
 def evaluate(
@@ -78,42 +47,27 @@ def evaluate(
         if image not in by_image:
             raise ScoringError(f"{question_file}: question {qid!r} shows image {image!r}, not in {annotation_file}")
         gt[qid], types[qid] = by_image[image], types_by_image[image]
-    score = score_vqa(read_answers(answers_file), gt, answers_file, question_file, types)
-    return vqa_results("vizwiz", score), score.per_sample
+    return evaluate_vqa("vizwiz", answers_file, gt, question_file, types)
 
 
 def submission(question_file: str | Path, answers_file: str | Path) -> list[dict[str, str]]:
     """The test-server submission: one `{"image", "answer"}` per test question, in question-file order."""
     images = read_images(question_file)
-    filled = fill_submission(list(images), read_answers(answers_file), answers_file, question_file)
+    filled = fill_submission(list(images), answers_file, question_file)
     return [{"image": image, "answer": filled[qid]} for qid, image in images.items()]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    score = commands.add_parser("score", help="accuracy against the annotated val split")
-    score.add_argument("--annotation-file", required=True, help="VizWiz val.json")
-    score.add_argument("--question-file", required=True, help="LLaVA question JSONL (question_id, image)")
-    score.add_argument("--answers", required=True)
-    score.add_argument("--output", help="write results.json here")
-    score.add_argument("--per-sample", help="write {question_id: accuracy} here (for the oracle sweep)")
-    submit = commands.add_parser("submit", help="write the test submission JSON")
-    submit.add_argument("--question-file", required=True, help="LLaVA test question JSONL (question_id, image)")
-    submit.add_argument("--answers", required=True)
-    submit.add_argument("--output", required=True, help="submission JSON to write")
+    inputs = {"--annotation-file": "VizWiz val.json", "--question-file": "LLaVA question JSONL (question_id, image)"}
+    parser = vqa_parser(
+        __doc__.split("\n")[0],
+        score=("accuracy against the annotated val split", inputs),
+        submit=("write the test submission JSON", "LLaVA test question JSONL (question_id, image)"),
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    if args.command == "submit":
-        entries = submission(args.question_file, args.answers)
-        write_json(args.output, entries, indent=None)
-        print(f"wrote {len(entries)} answers to {args.output}")
-        return None
-    results, per_sample = evaluate(args.annotation_file, args.question_file, args.answers)
-    print_metrics(f"VizWiz {args.answers}", {"accuracy": results["score"], **results["accuracy_per_answer_type"]})
-    write_outputs(results, per_sample, args.output, args.per_sample)
-    return results
+    return run_vqa_command(
+        args, "VizWiz", lambda a: evaluate(a.annotation_file, a.question_file, a.answers), submission
+    )
 
 
 if __name__ == "__main__":

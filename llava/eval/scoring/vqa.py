@@ -1,4 +1,5 @@
-"""VQA answer normalisation and the 10-annotator accuracy, shared by TextVQA, VizWiz and VQAv2.
+"""VQA answer normalisation and the 10-annotator accuracy, shared by TextVQA, VizWiz and VQAv2, and the
+`score` / `submit` command line of the two whose test split a server grades (VQAv2, VizWiz).
 
 The normalisation is the one LLaVA scores and submits with (the EvalAI answer processor of
 `m4c_evaluator.py`), which is the official VQA evaluation's `processPunctuation` and
@@ -18,15 +19,23 @@ matches, so only the lookahead acts. We reproduce what it does, not what it mean
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from llava.eval.scoring.common import Answer, check_known_ids, index_answers
+from llava.eval.scoring.common import (
+    ScoringError,
+    add_output_arguments,
+    mean,
+    print_metrics,
+    read_answers_by_id,
+    write_outputs,
+    write_submission,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,31 +140,47 @@ def vqa_accuracy(pred: str, gt_answers: Sequence[str]) -> float:
     return sum(subset_scores) / len(subset_scores)
 
 
-@dataclass
-class VQAScore:
-    """Mean VQA accuracy (a fraction) over the answered questions, per answer type when known."""
+def human_answers(
+    entries: Sequence[Any], key: str, path: str | Path, where: str = ""
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Human answers and answer type per `key` from annotation entries `{key, "answers": [{"answer"}, ...],
+    "answer_type"}`, the layout VQAv2 (keyed by question id) and VizWiz (keyed by image) share.
 
-    accuracy: float
-    per_type: dict[str, float]
-    per_sample: dict[str, float]
-    num_unanswered: int
+    `where` names the list in the file for the messages ("annotations" for `annotations[3]`). An
+    entry without answers is an error here, naming it, rather than in `vqa_accuracy` at scoring time.
+    """
+    answers: dict[str, list[str]] = {}
+    types: dict[str, str] = {}
+    for i, entry in enumerate(entries):
+        try:
+            name = str(entry[key])
+            answers[name] = [a["answer"] for a in entry["answers"]]
+        except (KeyError, TypeError):
+            raise ScoringError(
+                f"{path}: {where}[{i}] needs {key!r} and 'answers' [{{'answer': ...}}], got {entry!r:.160}"
+            ) from None
+        if not answers[name]:
+            raise ScoringError(f"{path}: {where}[{i}] ({key} {name}) has no answers")
+        types[name] = entry.get("answer_type", "unknown")
+    return answers, types
 
 
-def score_vqa(
-    answers: Sequence[Answer],
-    gt_answers: Mapping[str, Sequence[str]],
+def evaluate_vqa(
+    benchmark: str,
     answers_path: str | Path,
+    gt_answers: Mapping[str, Sequence[str]],
     annotation_path: str | Path,
     answer_types: Mapping[str, str] | None = None,
-) -> VQAScore:
+) -> tuple[dict[str, Any], dict[str, float]]:
     """Score an answers file against human answers keyed by question id.
 
-    Every answer must name an annotated question (else a ScoringError naming the line and id);
-    annotated questions without an answer are left out of the mean, as the official evaluation
-    does, and counted in `num_unanswered` (with a warning) so a truncated run is noticed.
+    Returns the `results.json` content (accuracies in percent, per answer type when `answer_types`
+    is given) and the accuracy in [0, 1] per answered question. Every answer must name an annotated
+    question (else a ScoringError naming the line and id); annotated questions without an answer
+    are left out of the mean, as the official evaluation does, and counted in `num_unanswered`
+    (with a warning) so a truncated run is noticed.
     """
-    by_id = index_answers(answers, answers_path)
-    check_known_ids(by_id.values(), gt_answers, answers_path, f"the annotations {annotation_path}")
+    by_id = read_answers_by_id(answers_path, gt_answers, f"the annotations {annotation_path}")
     per_sample = {qid: vqa_accuracy(answer.text, gt_answers[qid]) for qid, answer in by_id.items()}
     by_type: dict[str, list[float]] = defaultdict(list)
     for qid, score in per_sample.items():
@@ -164,36 +189,24 @@ def score_vqa(
     unanswered = len(gt_answers) - len(by_id)
     if unanswered:
         logger.warning("%d of %d annotated questions have no answer in %s", unanswered, len(gt_answers), answers_path)
-    return VQAScore(
-        accuracy=sum(per_sample.values()) / len(per_sample) if per_sample else 0.0,
-        per_type={name: sum(scores) / len(scores) for name, scores in sorted(by_type.items())},
-        per_sample=per_sample,
-        num_unanswered=unanswered,
-    )
-
-
-def vqa_results(benchmark: str, score: VQAScore) -> dict[str, Any]:
-    """The `results.json` content of a VQA-style benchmark: accuracies in percent."""
-    return {
+    results = {
         "benchmark": benchmark,
         "metric": "vqa_accuracy",
-        "score": 100.0 * score.accuracy,
-        "accuracy_per_answer_type": {name: 100.0 * value for name, value in score.per_type.items()},
-        "num_answered": len(score.per_sample),
-        "num_unanswered": score.num_unanswered,
+        "score": 100.0 * mean(per_sample.values()),
+        "accuracy_per_answer_type": {name: 100.0 * mean(scores) for name, scores in sorted(by_type.items())},
+        "num_answered": len(per_sample),
+        "num_unanswered": unanswered,
     }
+    return results, per_sample
 
 
-def fill_submission(
-    question_ids: Sequence[str], answers: Sequence[Answer], answers_path: str | Path, question_path: str | Path
-) -> dict[str, str]:
+def fill_submission(question_ids: Sequence[str], answers_path: str | Path, question_path: str | Path) -> dict[str, str]:
     """Normalised answer per test question id, "" for unanswered ones (counted in a warning).
 
     Test servers reject a submission that lacks any test question, so missing answers are filled
     rather than dropped; an answer to a question not in the test file is an error.
     """
-    by_id = index_answers(answers, answers_path)
-    check_known_ids(by_id.values(), set(question_ids), answers_path, f"the question file {question_path}")
+    by_id = read_answers_by_id(answers_path, set(question_ids), f"the question file {question_path}")
     missing = [qid for qid in question_ids if qid not in by_id]
     if missing:
         logger.warning(
@@ -204,3 +217,45 @@ def fill_submission(
             missing[0],
         )
     return {qid: normalize_answer(by_id[qid].text) if qid in by_id else "" for qid in question_ids}
+
+
+def vqa_parser(
+    description: str, score: tuple[str, Mapping[str, str | None]], submit: tuple[str, str]
+) -> argparse.ArgumentParser:
+    """The command line of a benchmark scored here on an annotated split and graded by a server on its test
+    split (VQAv2, VizWiz), which `run_vqa_command` runs.
+
+    `score` is the help of the `score` command and its input flags (flag -> help), asked before the
+    answers and the output flags; `submit` is the help of the `submit` command and of its test questions.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    commands = parser.add_subparsers(dest="command", required=True)
+    score_help, inputs = score
+    score_command = commands.add_parser("score", help=score_help)
+    for flag, flag_help in inputs.items():
+        score_command.add_argument(flag, required=True, help=flag_help)
+    score_command.add_argument("--answers", required=True)
+    add_output_arguments(score_command, "{question_id: accuracy}")
+    submit_help, questions_help = submit
+    submit_command = commands.add_parser("submit", help=submit_help)
+    submit_command.add_argument("--question-file", required=True, help=questions_help)
+    submit_command.add_argument("--answers", required=True)
+    submit_command.add_argument("--output", required=True, help="submission JSON to write")
+    return parser
+
+
+def run_vqa_command(
+    args: argparse.Namespace,
+    title: str,
+    evaluate: Callable[[argparse.Namespace], tuple[dict[str, Any], dict[str, float]]],
+    submission: Callable[[str, str], Collection[Any]],
+) -> dict[str, Any] | None:
+    """Run what `vqa_parser` parsed: `submit` writes `submission(question_file, answers)`; `score` prints
+    the accuracy overall and per answer type from `evaluate(args)` and writes the results files."""
+    if args.command == "submit":
+        write_submission(args.output, submission(args.question_file, args.answers))
+        return None
+    results, per_sample = evaluate(args)
+    print_metrics(f"{title} {args.answers}", {"accuracy": results["score"], **results["accuracy_per_answer_type"]})
+    write_outputs(results, per_sample, args.output, args.per_sample)
+    return results

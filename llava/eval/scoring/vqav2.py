@@ -15,22 +15,11 @@ since EvalAI rejects a test-dev submission that lacks any test2015 question.
 
 from __future__ import annotations
 
-import argparse
-import logging
 from pathlib import Path
 from typing import Any
 
-from llava.eval.scoring.common import (
-    ScoringError,
-    print_metrics,
-    read_answers,
-    read_json,
-    read_jsonl,
-    run_cli,
-    write_json,
-    write_outputs,
-)
-from llava.eval.scoring.vqa import fill_submission, score_vqa, vqa_results
+from llava.eval.scoring.common import ScoringError, read_json, read_question_jsonl, run_cli
+from llava.eval.scoring.vqa import evaluate_vqa, fill_submission, human_answers, run_vqa_command, vqa_parser
 
 
 def load_annotations(path: str | Path) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -38,30 +27,13 @@ def load_annotations(path: str | Path) -> tuple[dict[str, list[str]], dict[str, 
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise ScoringError(f"{path}: expected a VQA annotation file {{'annotations': [...]}}")
-    answers: dict[str, list[str]] = {}
-    types: dict[str, str] = {}
-    for i, entry in enumerate(data["annotations"]):
-        try:
-            qid = str(entry["question_id"])
-            answers[qid] = [a["answer"] for a in entry["answers"]]
-        except (KeyError, TypeError):
-            raise ScoringError(
-                f"{path}: annotations[{i}] needs 'question_id' and 'answers' [{{'answer': ...}}], got {entry!r:.160}"
-            ) from None
-        if not answers[qid]:
-            raise ScoringError(f"{path}: annotations[{i}] (question_id {qid}) has no answers")
-        types[qid] = entry.get("answer_type", "unknown")
-    return answers, types
+    return human_answers(data["annotations"], "question_id", path, where="annotations")
 
 
 def read_question_ids(path: str | Path) -> list[Any]:
     """Question ids, in file order, from a LLaVA question JSONL or an official `{"questions": [...]}` file."""
     if str(path).endswith(".jsonl"):
-        rows = read_jsonl(path)
-        for number, row in rows:
-            if "question_id" not in row:
-                raise ScoringError(f"{path}:{number}: question has no 'question_id' (keys: {sorted(row)})")
-        return [row["question_id"] for _, row in rows]
+        return list(read_question_jsonl(path))
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
         raise ScoringError(f"{path}: expected LLaVA question JSONL or a VQA questions file {{'questions': [...]}}")
@@ -74,36 +46,24 @@ def submission(question_file: str | Path, answers_file: str | Path) -> list[dict
     for q in ids:
         if isinstance(q, bool) or not str(q).isdigit():
             raise ScoringError(f"{question_file}: VQAv2 question ids are integers, got {q!r}")
-    filled = fill_submission([str(q) for q in ids], read_answers(answers_file), answers_file, question_file)
+    filled = fill_submission([str(q) for q in ids], answers_file, question_file)
     return [{"question_id": int(q), "answer": filled[str(q)]} for q in ids]
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    score = commands.add_parser("score", help="accuracy against an annotated split")
-    score.add_argument("--annotation-file", required=True)
-    score.add_argument("--answers", required=True)
-    score.add_argument("--output", help="write results.json here")
-    score.add_argument("--per-sample", help="write {question_id: accuracy} here (for the oracle sweep)")
-    submit = commands.add_parser("submit", help="write the test-dev submission JSON")
-    submit.add_argument("--question-file", required=True, help="test2015 questions (LLaVA JSONL or official JSON)")
-    submit.add_argument("--answers", required=True)
-    submit.add_argument("--output", required=True, help="submission JSON to write")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def evaluate(annotation_file: str | Path, answers_file: str | Path) -> tuple[dict[str, Any], dict[str, float]]:
+    """Results (percent, overall and per answer type) and the per-question accuracy of one answers file."""
+    gt, types = load_annotations(annotation_file)
+    return evaluate_vqa("vqav2", answers_file, gt, annotation_file, types)
 
-    if args.command == "submit":
-        entries = submission(args.question_file, args.answers)
-        write_json(args.output, entries, indent=None)
-        print(f"wrote {len(entries)} answers to {args.output}")
-        return None
-    gt, types = load_annotations(args.annotation_file)
-    result = score_vqa(read_answers(args.answers), gt, args.answers, args.annotation_file, types)
-    results = vqa_results("vqav2", result)
-    print_metrics(f"VQAv2 {args.answers}", {"accuracy": results["score"], **results["accuracy_per_answer_type"]})
-    write_outputs(results, result.per_sample, args.output, args.per_sample)
-    return results
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    parser = vqa_parser(
+        __doc__.split("\n")[0],
+        score=("accuracy against an annotated split", {"--annotation-file": None}),
+        submit=("write the test-dev submission JSON", "test2015 questions (LLaVA JSONL or official JSON)"),
+    )
+    args = parser.parse_args(argv)
+    return run_vqa_command(args, "VQAv2", lambda a: evaluate(a.annotation_file, a.answers), submission)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Model
-from transformers.models.qwen2.modeling_qwen2 import Qwen2PreTrainedModel
 
 from llava.model.config import LlavaMultimodalConfig
 from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
@@ -12,10 +10,6 @@ from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 
 class LlavaQwen2Config(LlavaMultimodalConfig, Qwen2Config):
     model_type = "llava_qwen2"
-
-    def __post_init__(self, **kwargs):
-        self.validate_multimodal()
-        super().__post_init__(**kwargs)
 
 
 class LlavaQwen2Model(LlavaMetaModel, Qwen2Model):
@@ -25,11 +19,5 @@ class LlavaQwen2Model(LlavaMetaModel, Qwen2Model):
 
 class LlavaQwen2ForCausalLM(LlavaMetaForCausalLM, Qwen2ForCausalLM):
     config_class = LlavaQwen2Config
-    _no_split_modules = ["Qwen2DecoderLayer", "CLIPEncoderLayer"]
-
-    def __init__(self, config: LlavaQwen2Config):
-        Qwen2PreTrainedModel.__init__(self, config)
-        self.model = LlavaQwen2Model(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
+    base_model_class = LlavaQwen2Model
+    _no_split_modules = LlavaQwen2Model._no_split_modules

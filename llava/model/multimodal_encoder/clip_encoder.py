@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from llava.model.placement import gathered, to_weight
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,8 +68,7 @@ class CLIPVisionTower(nn.Module):
         `unfreeze_mm_vision_tower` a no-op).
         """
         clip = self.clip
-        weight = clip.embeddings.patch_embedding.weight
-        hidden = clip.pre_layrnorm(clip.embeddings(pixel_values.to(weight.device, weight.dtype)))
+        hidden = clip.pre_layrnorm(clip.embeddings(to_weight(pixel_values, clip.embeddings.patch_embedding.weight)))
         for layer in clip.encoder.layers[: self.layers_needed]:
             hidden = layer(hidden, None)
         if self.select_feature == "patch":
@@ -84,13 +85,25 @@ class CLIPVisionTower(nn.Module):
         return index
 
     def load_pretrained_weights(self) -> None:
-        """Copy the weights of the CLIP model at `tower_name` into this tower."""
+        """Copy the weights of the CLIP model at `tower_name` into this tower, in its dtype and device.
+
+        Written in place, parameter by parameter, so it works the same on a model partitioned by
+        ZeRO-3 (each rank loads the CLIP checkpoint and writes its full parameters) and on one
+        placed by a device map.
+        """
         pretrained = CLIPVisionModel.from_pretrained(self.tower_name, dtype=torch.float32)
-        param = next(self.clip.parameters())
-        missing, _ = self.clip.load_state_dict(pretrained.state_dict(), strict=False)
-        if missing:
-            raise ValueError(f"vision tower {self.tower_name!r} lacks weights {missing[:5]}")
-        self.clip.to(device=param.device, dtype=param.dtype)
+        with gathered(pretrained.parameters()), gathered(self.clip.parameters()), torch.no_grad():
+            source = pretrained.state_dict()
+            target = self.clip.state_dict(keep_vars=True)
+            missing = sorted(set(target) - set(source))
+            if missing:
+                raise ValueError(
+                    f"vision tower {self.tower_name!r} lacks weights {missing[:5]} ({len(missing)} in all)"
+                )
+            for name, tensor in target.items():
+                if tensor.device.type == "meta":
+                    raise ValueError(f"vision tower weight {name} is offloaded; load the checkpoint with its tower")
+                tensor.copy_(source[name])
         logger.info("loaded vision tower weights from %s", self.tower_name)
 
 

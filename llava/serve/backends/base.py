@@ -28,13 +28,13 @@ from typing import Any, ClassVar
 
 import torch
 from PIL import Image
-from transformers import AutoConfig, GenerationConfig
+from transformers import GenerationConfig
 
 from llava.generation import SamplingParams
 from llava.mm_utils import processor_crop_size
 from llava.serve.engine import CheckpointRules, GenerationChunk, PreparedRequest
 from llava.serve.http import MIB, RequestError
-from llava.serve.media import ImageLayout, ImagePolicy, decode_image
+from llava.serve.media import ImageLayout, ImagePolicy, VideoPolicy, decode_image
 
 
 @dataclass(frozen=True)
@@ -240,17 +240,17 @@ def rules_from_checkpoint(
     (grid, valid budgets, visual tokens per image) and no memory is spent on weights.
     `context_len` is the engine's (vLLM's `max_model_len`); None: the checkpoint's.
     """
-    import llava.model  # noqa: F401  (registers the llava_* configs with AutoConfig)
     from llava.model import LLAVA_MODEL_CLASSES
-    from llava.model.builder import _add_image_tokens, _context_length, _load_image_processor
+    from llava.model.builder import add_image_tokens, context_length, load_image_processor, read_checkpoint_config
     from llava.model.tokenizer import load_tokenizer
 
-    config = AutoConfig.from_pretrained(model_path)
-    if config.model_type not in LLAVA_MODEL_CLASSES:
+    source = read_checkpoint_config(model_path)
+    if not source.is_llava:
         raise ValueError(
-            f"{model_path} has model_type={config.model_type!r}; the M3 servers serve LLaVA/M3 checkpoints "
-            f"({sorted(LLAVA_MODEL_CLASSES)})"
+            f"{model_path} is a plain language model ({source.config.model_type}); the M3 servers serve "
+            f"LLaVA/M3 checkpoints ({sorted(LLAVA_MODEL_CLASSES)})"
         )
+    config = source.config
     with torch.device("meta"):
         model = LLAVA_MODEL_CLASSES[config.model_type][1](config)
     try:  # the end-of-sequence ids the checkpoint generates with, as `from_pretrained` reads them
@@ -258,10 +258,10 @@ def rules_from_checkpoint(
     except OSError:
         pass  # no generation_config.json: the config's own ids stand
     tokenizer = load_tokenizer(model_path)
-    _add_image_tokens(tokenizer, model)
-    image_processor = _load_image_processor(model_path, config.mm_vision_tower)
+    add_image_tokens(tokenizer, model)
+    image_processor = load_image_processor(model_path, config)
     return CheckpointRules(
-        tokenizer, model, image_processor, context_len or _context_length(config), model_name, **rules_kwargs
+        tokenizer, model, image_processor, context_len or context_length(config), model_name, **rules_kwargs
     )
 
 
@@ -274,6 +274,7 @@ def limits_from_args(args: argparse.Namespace) -> ServiceLimits:
             max_image_bytes=args.max_image_bytes,
             max_image_pixels=args.max_image_pixels,
             allow_remote=args.allow_remote_images,
+            video=VideoPolicy.from_args(args),
         ),
     )
 

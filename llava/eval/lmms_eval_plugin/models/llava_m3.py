@@ -6,12 +6,16 @@
 - `matryoshka_vis_token_scale`: visual tokens per image (per crop for anyres), e.g. 36; default:
   the checkpoint's;
 - `conv_template`: conversation template; default: the one stored with / guessed for the checkpoint;
-- `device` (default: `cuda:<local rank>` under `accelerate launch`, else the best available),
-  `dtype` (e.g. `bfloat16`; default float16 on GPUs, float32 on CPU), `batch_size`.
+- `dtype` (e.g. `bfloat16`; default float16 on GPUs, float32 on CPU).
+
+The batch size and the device are lmms-eval's own options (`--batch_size`, `--device`), which it hands
+to the model itself; in `--model_args` as well they would reach the model twice, so they are refused
+there. Device default: `cuda:<local rank>` under `accelerate launch`, else the best available.
 
 `generate_until` asks each request's context with its images in one left-padded batch (requests
-with the same generation kwargs), encoding the batch's images once; `loglikelihood` scores a
-continuation with one forward pass. Prompts are built exactly as `llava.eval.harness` builds them.
+with the same generation kwargs), encoding the batch's images once; the request's `until` strings stop
+the generation. `loglikelihood` scores a continuation with one forward pass, in lmms-eval's convention
+(see `LlavaM3.loglikelihood`). Prompts are built exactly as `llava.eval.harness` builds them.
 """
 
 from __future__ import annotations
@@ -26,16 +30,20 @@ import torch
 from accelerate import PartialState
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
+from lmms_eval.utils import simple_parse_args_string
 from PIL import Image
 from tqdm import tqdm
 
 from llava.eval.harness import load_model
 from llava.generation import Generator, PromptBatch, SamplingParams, default_device
+from llava.model.llava_arch import EncodedImages
 from llava.model.matryoshka import parse_scales
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_NEW_TOKENS = 1024
+LMMS_EVAL_OPTIONS = ("batch_size", "max_batch_size", "device")
+"""What lmms-eval passes to every model from its own command line; never a `--model_args` key here."""
 
 
 class LlavaM3(lmms):
@@ -59,7 +67,8 @@ class LlavaM3(lmms):
         if unknown:
             raise ValueError(
                 f"llava_m3: unknown model_args {sorted(unknown)}; known: pretrained, model_base, "
-                "matryoshka_vis_token_scale, conv_template, device, dtype, batch_size"
+                "matryoshka_vis_token_scale, conv_template, dtype (batch size and device: lmms-eval's "
+                "--batch_size and --device)"
             )
         state = PartialState()  # sets up torch.distributed under `accelerate launch`, a no-op otherwise
         device = device or default_device()
@@ -73,6 +82,16 @@ class LlavaM3(lmms):
         self._rank, self._world_size = state.process_index, state.num_processes
         self.model_name = f"{self.generator.model_name}@{self.scale}"  # read by lmms-eval's response cache naming
         logger.info("llava_m3: %s at %d visual tokens, template %s", pretrained, self.scale, self.generator.conv_mode)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None) -> LlavaM3:
+        """lmms-eval's constructor from `--model_args`, refusing its own options there with a clear error
+        (instead of Python's "got multiple values for keyword argument")."""
+        given = sorted(set(simple_parse_args_string(arg_string)) & set(LMMS_EVAL_OPTIONS))
+        if given:
+            flags = ", ".join(f"--{name}" for name in given)
+            raise ValueError(f"llava_m3: {given} are not model_args; give them as lmms-eval's own {flags}")
+        return super().create_from_arg_string(arg_string, additional_config)
 
     # -- requests -----------------------------------------------------------------------------------
 
@@ -113,24 +132,42 @@ class LlavaM3(lmms):
         return self.generator.answer(batch, self.scale, params)
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        """Sum of the continuation's token log-probabilities after the context, and whether greedy picks it."""
+        """(loss, greedy) per request, the convention of lmms-eval's own models (`llava`, `llava_hf`, ...).
+
+        The loss is the mean negative log-likelihood per token of the continuation given as the
+        assistant's answer, ended the way the template ends an answer (`</s>` for vicuna_v1), so an
+        option is scored as a whole answer, not as the prefix of a longer one. lmms-eval ranks
+        multiple-choice options by `argmin` of these losses (and `acc_norm` by loss per character).
+        `greedy`: whether greedy decoding would produce exactly those tokens.
+
+        Consecutive requests about the same document (the options of one question) share one pass of
+        the vision tower.
+        """
         results = []
+        encoded_doc: tuple[Any, EncodedImages | None, list[tuple[int, int]]] | None = None
         for request in tqdm(requests, disable=self.rank != 0, desc="llava_m3 loglikelihood"):
             context, doc_to_target, doc_to_visual, doc_id, task, split = request.args
             doc = self.task_dict[task][split][doc_id]
             continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(doc)
-            visuals = self._visuals(doc_to_visual, doc_id, task, split)
-            results.append(self._score(context, continuation, visuals))
+            if encoded_doc is None or encoded_doc[0] != (task, split, doc_id):
+                visuals = self._visuals(doc_to_visual, doc_id, task, split)
+                encoded = self.generator.encode(self.generator.pixels(visuals))
+                encoded_doc = ((task, split, doc_id), encoded, [image.size for image in visuals])
+            _, images, image_sizes = encoded_doc
+            results.append(self._score(context, continuation, images, image_sizes))
         return results
 
-    def _score(self, context: str, continuation: str, images: list[Image.Image]) -> tuple[float, bool]:
-        prompt = self.generator.prompt(context, len(images))
+    def _score(
+        self, context: str, continuation: str, images: EncodedImages | None, image_sizes: list[tuple[int, int]]
+    ) -> tuple[float, bool]:
+        prompt = self.generator.prompt(context, len(image_sizes))
+        answer = continuation + (self.generator.stop or "")
         # A space ending the prompt belongs to the continuation's first token (lm-eval's rule).
         spaces = len(prompt) - len(prompt.rstrip(" "))
         if spaces:
-            prompt, continuation = prompt[:-spaces], prompt[-spaces:] + continuation
+            prompt, answer = prompt[:-spaces], prompt[-spaces:] + answer
         context_ids = self.generator.tokenize(prompt)
-        full_ids = torch.tensor(self.generator.tokenize(prompt + continuation))
+        full_ids = torch.tensor(self.generator.tokenize(prompt + answer))
         num_target = len(full_ids) - len(context_ids)
         if num_target < 1:
             raise ValueError(f"the continuation {continuation!r} adds no tokens to the context")
@@ -138,15 +175,15 @@ class LlavaM3(lmms):
         with torch.no_grad():
             logits = self.model(
                 input_ids=full_ids[None].to(self.model.device),
-                images=self.generator.encode(self.generator.pixels(images)),
-                image_sizes=[image.size for image in images],
+                images=images,
+                image_sizes=image_sizes,
                 matryoshka_vis_token_scale=self.scale,
             ).logits
         # Visual tokens expand the sequence inside the model, but the continuation is its tail.
         logprobs = torch.log_softmax(logits[0, -num_target - 1 : -1].float(), dim=-1)
-        total = logprobs.gather(-1, target[:, None]).sum().item()
+        loss = -logprobs.gather(-1, target[:, None]).mean().item()
         greedy = bool((logprobs.argmax(-1) == target).all())
-        return total, greedy
+        return loss, greedy
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
         raise NotImplementedError("llava_m3 does not implement multi-round generation")
