@@ -24,6 +24,7 @@ EXTRAS = {
     "pandas": "eval",
     "openpyxl": "eval",
     "openai": "eval",
+    "vllm": "vllm",
 }
 
 

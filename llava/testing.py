@@ -110,7 +110,9 @@ TINY_LLM_FIELDS: dict[str, Any] = dict(
 )
 
 
-def tiny_llava_config(vision_tower: str | Path, vocab_size: int = 512, model_type: str = "llava_llama", **overrides: Any):
+def tiny_llava_config(
+    vision_tower: str | Path, vocab_size: int = 512, model_type: str = "llava_llama", **overrides: Any
+):
     """Config of a 2-layer LLaVA/M3 model; `overrides` set any field (e.g. image_aspect_ratio)."""
     config_cls, _ = LLAVA_MODEL_CLASSES[model_type]
     fields: dict[str, Any] = dict(
@@ -160,6 +162,24 @@ def build_tiny_llava(
     model.save_pretrained(out_dir, state_dict=state)
     tiny_image_processor(model.get_vision_tower().image_size).save_pretrained(out_dir)
     return out_dir
+
+
+def silence_non_text_tokens(lm_head_weight: torch.Tensor, tokenizer: Any) -> None:
+    """Zero the output rows (vocab, hidden) of every id that is not text on its own, EOS excepted.
+
+    A random model's answers are otherwise mostly ids its tiny tokenizer decodes to nothing (past its
+    vocabulary) or to lone UTF-8 bytes, so nothing streams until the end and engines that decode
+    differently show them differently. A zeroed row's logit is 0, below the largest of the other (random)
+    logits, so greedy answers are text, as a trained model's are.
+    """
+    special = set(tokenizer.all_special_ids) - {tokenizer.eos_token_id}
+    with torch.no_grad():
+        for token in range(lm_head_weight.shape[0]):
+            if token == tokenizer.eos_token_id:
+                continue
+            text = tokenizer.decode([token]) if token < len(tokenizer) else ""
+            if token in special or not text.strip() or "\ufffd" in text:
+                lm_head_weight[token] = 0
 
 
 # Fields the original LLaVA code writes into its configs and ours does not.
@@ -217,17 +237,38 @@ def save_as_hf_llava(
 # Shapes of random models for benchmarks: (vision tower, language model) config fields.
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "tiny": (
-        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=48, patch_size=2),
+        dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=48,
+            patch_size=2,
+        ),
         dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
     ),
     # CLIP-L/14-336 with 4 of its 24 layers, and a ~0.5B Llama (32k vocabulary).
     "small": (
-        dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=4, num_attention_heads=16, image_size=336, patch_size=14),
+        dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=4,
+            num_attention_heads=16,
+            image_size=336,
+            patch_size=14,
+        ),
         dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=16, num_attention_heads=12, vocab_size=32000),
     ),
     # The released models' shapes: CLIP-L/14-336 and Vicuna-7B.
     "7b": (
-        dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=336, patch_size=14),
+        dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=336,
+            patch_size=14,
+        ),
         dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, vocab_size=32000),
     ),
 }
@@ -255,7 +296,9 @@ def build_random_llava(
     overrides.setdefault("max_position_embeddings", 4096)  # as the released 7B models
     if aspect == "anyres":
         pinpoints = [[2 * crop, crop], [crop, 2 * crop], [2 * crop, 2 * crop], [3 * crop, crop], [crop, 3 * crop]]
-        overrides.update(image_aspect_ratio="anyres", image_grid_pinpoints=pinpoints, mm_patch_merge_type="spatial_unpad")
+        overrides.update(
+            image_aspect_ratio="anyres", image_grid_pinpoints=pinpoints, mm_patch_merge_type="spatial_unpad"
+        )
     config = tiny_llava_config("random-clip", model_type=model_type, **overrides)
     torch.manual_seed(seed)
     default_dtype = torch.get_default_dtype()

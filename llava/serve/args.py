@@ -22,6 +22,8 @@ from llava.constants import (
 from llava.serve.http import MIB
 
 WORKER_KEY_ENV = "LLAVA_WORKER_KEY"
+ENGINE_API_KEY_ENV = "LLAVA_ENGINE_API_KEY"
+BACKENDS = ("hf", "vllm", "openai")
 DEFAULT_EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "images"
 
 
@@ -86,22 +88,67 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_scale_argument(group, "default visual-token budget when a request names none (1/9/36/144/576)")
 
 
+def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "engine",
+        "which engine generates (llava/serve/backends). With --backend vllm, every flag not listed here is a "
+        "vLLM engine flag (`vllm serve --help`), e.g. --tensor-parallel-size 2 --max-model-len 4096",
+    )
+    group.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="hf",
+        help="hf: our own engine in this process (the default); vllm: an in-process vLLM engine (needs vLLM and the "
+        "llava plugin); openai: an engine already running at --engine-url, such as a vLLM server of the checkpoint",
+    )
+    group.add_argument(
+        "--engine-url", default=None, help="--backend openai: the engine's OpenAI API, http://HOST:PORT/v1"
+    )
+    group.add_argument(
+        "--engine-model", default=None, help="--backend openai: the engine's model id (default: its only one)"
+    )
+    group.add_argument(
+        "--engine-api-key",
+        default=os.environ.get(ENGINE_API_KEY_ENV) or None,
+        help=f"--backend openai: the engine's API key (default: ${ENGINE_API_KEY_ENV})",
+    )
+    group.add_argument(
+        "--engine-timeout", type=float, default=300.0, help="--backend openai: seconds the engine may stay silent"
+    )
+    group.add_argument(
+        "--engine-wait", type=float, default=600.0, help="--backend openai: seconds to wait at start for the engine"
+    )
+
+
+def _parse_with_engine_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse `argv`; flags the parser does not know become `engine_args` for `--backend vllm`, an error otherwise."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.backend != "vllm":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (only --backend vllm passes on engine flags)")
+    args.engine_args = unknown
+    return args
+
+
 def _add_serving_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("serving")
     group.add_argument(
         "--limit-model-concurrency",
         type=int,
         default=8,
-        help="most requests generated at once (one batch); more wait in the queue",
+        help="--backend hf: most requests generated at once (one batch); more wait in the queue (vLLM's engine flag "
+        "for it: --max-num-seqs)",
     )
     group.add_argument(
-        "--batch-wait-ms", type=float, default=5.0, help="how long the first request of a batch waits for others"
+        "--batch-wait-ms",
+        type=float,
+        default=5.0,
+        help="--backend hf: how long the first request of a batch waits for others",
     )
     group.add_argument(
         "--stream-interval-ms",
         type=float,
         default=20.0,
-        help="stream text to clients at most this often (first and last chunks go at once)",
+        help="--backend hf: stream text to clients at most this often (first and last chunks go at once)",
     )
     group.add_argument("--max-queued-requests", type=int, default=256, help="503 beyond this many queued requests")
     group.add_argument("--max-request-bytes", type=int, default=32 * MIB, help="413 for larger request bodies")
@@ -192,11 +239,12 @@ def parse_worker_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _add_worker_key(parser)
     _add_log_level(parser)
     _add_model_arguments(parser)
+    _add_backend_arguments(parser)
     _add_serving_arguments(parser)
     legacy = parser.add_argument_group("accepted from LLaVA's worker command line, without effect")
     legacy.add_argument("--multi-modal", action="store_true", help="images are always supported")
     legacy.add_argument("--stream-interval", type=int, default=None, help="the pace is --stream-interval-ms")
-    return parser.parse_args(argv)
+    return _parse_with_engine_flags(parser, argv)
 
 
 def parse_openai_api_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -204,8 +252,9 @@ def parse_openai_api_args(argv: Sequence[str] | None = None) -> argparse.Namespa
     _add_address(parser, 8000)
     _add_log_level(parser)
     _add_model_arguments(parser)
+    _add_backend_arguments(parser)
     _add_serving_arguments(parser)
-    return parser.parse_args(argv)
+    return _parse_with_engine_flags(parser, argv)
 
 
 def parse_web_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

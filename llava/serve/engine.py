@@ -1,17 +1,20 @@
 """One loaded model and the two things serving does with it: prepare a request, generate a batch.
 
-`InferenceEngine.prepare` turns a prompt, its images and a visual-token budget into a
+`CheckpointRules.plan` turns a prompt, its images' sizes and a visual-token budget into a
 `PreparedRequest`, refusing (`RequestError`, 400) what cannot be served: an invalid scale (the
 message lists the valid ones), images that do not match the `<image>` placeholders, a prompt that
 leaves no room for an answer. `max_new_tokens` is budgeted against the prompt's real length, i.e.
 its text tokens plus the visual tokens its images cost *at the requested scale* (anyres-aware).
+The rules read only the config and the tokenizer, so every serving backend validates with them,
+including those whose engine runs elsewhere (a model built on the meta device serves); the
+`InferenceEngine` is the rules plus the weights: `prepare` adds the pixels to the plan.
 
 `InferenceEngine.run_batch` generates for several requests in one `model.generate` call, through the
 prompt → generate path every caller shares (`llava.generation.Generator`): prompts left-padded, one
 scale per sample (mixed budgets in one batch), per-row temperature / top-p, and a `BatchTracker` that
 streams each row's text as it grows and stops each row on its own end token, stop string, token limit
-or cancellation. The engine has no thread of its own: `BatchScheduler` feeds it from a server, the CLI
-calls it directly.
+or cancellation (`AnswerTracker`, one per row, which the vLLM backend also feeds, token by token).
+The engine has no thread of its own: `BatchScheduler` feeds it from a server, the CLI calls it directly.
 
 A request may ask for the adaptive budget instead of a scale (a `ScalePolicy`, e.g. the checkpoint's
 calibrated one for `auto`): its rows walk the policy's ladder (`llava.adaptive.answer_adaptive`), only the
@@ -59,6 +62,8 @@ class PreparedRequest:
     max_new_tokens: int
     """The requested limit, cut to what the context length leaves after the prompt."""
     sampling: SamplingParams
+    images: list[Image.Image] = field(default_factory=list)
+    """The decoded images, for engines that preprocess them themselves; empty when `pixel_values` hold them."""
 
 
 @dataclass
@@ -98,8 +103,12 @@ class Job:
         self.cancelled = True
 
 
-class InferenceEngine:
-    """A loaded LLaVA/M3 model (a `Generator`) and the serving limits on it."""
+class CheckpointRules:
+    """What a checkpoint accepts and what a request costs: budgets, visual tokens, context, serving limits.
+
+    Reads the model's config and tower shape and the tokenizer, never the weights: `model` may be built
+    on the meta device (see `llava.serve.backends.base.rules_from_checkpoint`).
+    """
 
     def __init__(
         self,
@@ -127,61 +136,6 @@ class InferenceEngine:
             model.config.matryoshka_default_scale = model.resolve_scale(default_scale)
         self.scale_policy = check_policy(model, scale_policy) if scale_policy is not None else None
         """The checkpoint's calibrated policy (`matryoshka_policy.json`), what `auto` asks for."""
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        model_path: str,
-        model_base: str | None = None,
-        model_name: str | None = None,
-        device: str = "cuda",
-        load_8bit: bool = False,
-        load_4bit: bool = False,
-        use_flash_attn: bool = False,
-        torch_compile: bool = False,
-        cpu_weight_prepack: bool | None = None,
-        **engine_kwargs: Any,
-    ) -> InferenceEngine:
-        """Load a checkpoint with `load_pretrained_model` and wrap it."""
-        from llava.mm_utils import get_model_name_from_path
-        from llava.model.builder import load_pretrained_model
-        from llava.model.cpu_packing import prepare_for_inference
-
-        model_name = model_name or get_model_name_from_path(model_path)
-        stored = load_checkpoint_policy(model_path)
-        engine_kwargs.setdefault("scale_policy", stored.policy if stored is not None else None)
-        tokenizer, model, image_processor, context_len = load_pretrained_model(
-            model_path,
-            model_base,
-            model_name,
-            load_8bit,
-            load_4bit,
-            device=device,
-            use_flash_attn=use_flash_attn,
-            torch_compile=torch_compile,
-        )
-        prepare_for_inference(model, cpu_weight_prepack)
-        return cls(tokenizer, model, image_processor, context_len, model_name, **engine_kwargs)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, **engine_kwargs: Any) -> InferenceEngine:
-        """Load the checkpoint the serving commands' model flags name (`--model-path`, `--model-base`,
-        `--model-name`, `--device`, `--conv-mode` and the loading flags)."""
-        return cls.from_pretrained(
-            args.model_path,
-            args.model_base,
-            args.model_name,
-            device=args.device,
-            load_8bit=args.load_8bit,
-            load_4bit=args.load_4bit,
-            use_flash_attn=args.use_flash_attn,
-            torch_compile=args.torch_compile,
-            cpu_weight_prepack=args.cpu_weight_prepack,
-            conv_mode=args.conv_mode,
-            **engine_kwargs,
-        )
-
-    # -- what the model offers ----------------------------------------------------------------
 
     @property
     def grid_side(self) -> int:
@@ -254,37 +208,34 @@ class InferenceEngine:
             "conv_template": self.conv_mode,
         }
 
-    # -- requests ---------------------------------------------------------------------------
-
-    def prepare(
+    def plan(
         self,
         prompt: str,
-        images: Sequence[Image.Image],
+        image_sizes: Sequence[tuple[int, int]],
         scale: int | AutoScale | ScalePolicy | None,
         sampling: SamplingParams,
     ) -> PreparedRequest:
-        """Validate a request and compute its token budget; raises `RequestError` (400) when it cannot run.
+        """Validate a request and compute its token budget (no pixels yet); raises `RequestError` (400).
         A policy's request is budgeted at its largest rung, the most it may read."""
         budget = self.resolve_budget(scale)
         resolved = budget.ladder[-1] if isinstance(budget, ScalePolicy) else budget
         placeholders = prompt.count(DEFAULT_IMAGE_TOKEN)
-        if len(images) > self.max_images:
+        if len(image_sizes) > self.max_images:
             raise RequestError(
-                400, f"{len(images)} images in one request; this server accepts at most {self.max_images}"
+                400, f"{len(image_sizes)} images in one request; this server accepts at most {self.max_images}"
             )
-        if len(images) != placeholders:
+        if len(image_sizes) != placeholders:
             raise RequestError(
                 400,
-                f"the prompt has {placeholders} {DEFAULT_IMAGE_TOKEN} placeholder(s) but {len(images)} image(s) were "
-                f"sent; put one {DEFAULT_IMAGE_TOKEN} where each image belongs",
+                f"the prompt has {placeholders} {DEFAULT_IMAGE_TOKEN} placeholder(s) but {len(image_sizes)} image(s) "
+                f"were sent; put one {DEFAULT_IMAGE_TOKEN} where each image belongs",
             )
         if sampling.max_new_tokens < 1:
             raise RequestError(
                 400, f"max_new_tokens must be at least 1, got {sampling.max_new_tokens}", "max_new_tokens"
             )
         input_ids = self.generator.tokenize(prompt)
-        sizes = [image.size for image in images]
-        visual = sum(self.model.num_visual_tokens(resolved, image_size=size) for size in sizes)
+        visual = sum(self.model.num_visual_tokens(resolved, image_size=size) for size in image_sizes)
         text_tokens = sum(1 for t in input_ids if t != IMAGE_TOKEN_INDEX)
         prompt_tokens = text_tokens + visual
         room = self.context_len - prompt_tokens
@@ -298,14 +249,82 @@ class InferenceEngine:
         return PreparedRequest(
             prompt=prompt,
             input_ids=input_ids,
-            pixel_values=self.generator.pixels(images),
-            image_sizes=sizes,
+            pixel_values=[],
+            image_sizes=list(image_sizes),
             scale=budget,
             visual_tokens=visual,
             prompt_tokens=prompt_tokens,
             max_new_tokens=min(sampling.max_new_tokens, self.max_new_tokens_limit, room),
             sampling=sampling,
         )
+
+
+class InferenceEngine(CheckpointRules):
+    """A loaded LLaVA/M3 model (a `Generator`), the serving rules on it, and batched generation."""
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_path: str,
+        model_base: str | None = None,
+        model_name: str | None = None,
+        device: str = "cuda",
+        load_8bit: bool = False,
+        load_4bit: bool = False,
+        use_flash_attn: bool = False,
+        torch_compile: bool = False,
+        cpu_weight_prepack: bool | None = None,
+        **engine_kwargs: Any,
+    ) -> InferenceEngine:
+        """Load a checkpoint with `load_pretrained_model` and wrap it."""
+        from llava.mm_utils import get_model_name_from_path
+        from llava.model.builder import load_pretrained_model
+        from llava.model.cpu_packing import prepare_for_inference
+
+        model_name = model_name or get_model_name_from_path(model_path)
+        stored = load_checkpoint_policy(model_path)
+        engine_kwargs.setdefault("scale_policy", stored.policy if stored is not None else None)
+        tokenizer, model, image_processor, context_len = load_pretrained_model(
+            model_path,
+            model_base,
+            model_name,
+            load_8bit,
+            load_4bit,
+            device=device,
+            use_flash_attn=use_flash_attn,
+            torch_compile=torch_compile,
+        )
+        prepare_for_inference(model, cpu_weight_prepack)
+        return cls(tokenizer, model, image_processor, context_len, model_name, **engine_kwargs)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **engine_kwargs: Any) -> InferenceEngine:
+        """Load the checkpoint the serving commands' model flags name (`--model-path`, `--model-base`,
+        `--model-name`, `--device`, `--conv-mode` and the loading flags)."""
+        return cls.from_pretrained(
+            args.model_path,
+            args.model_base,
+            args.model_name,
+            device=args.device,
+            load_8bit=args.load_8bit,
+            load_4bit=args.load_4bit,
+            use_flash_attn=args.use_flash_attn,
+            torch_compile=args.torch_compile,
+            cpu_weight_prepack=args.cpu_weight_prepack,
+            conv_mode=args.conv_mode,
+            **engine_kwargs,
+        )
+
+    def prepare(
+        self,
+        prompt: str,
+        images: Sequence[Image.Image],
+        scale: int | AutoScale | ScalePolicy | None,
+        sampling: SamplingParams,
+    ) -> PreparedRequest:
+        """Validate a request (`plan`) and preprocess its images; raises `RequestError` (400) when it cannot run."""
+        plan = self.plan(prompt, [image.size for image in images], scale, sampling)
+        return replace(plan, pixel_values=self.generator.pixels(images))
 
     # -- generation -------------------------------------------------------------------------
 
@@ -372,25 +391,91 @@ class InferenceEngine:
             tracker.finish()
 
 
-@dataclass
-class _Row:
-    job: Job
-    budget: AdaptiveAnswer | None = None
-    ids: list[int] = field(default_factory=list)
-    generated: int = 0
-    emitted: str = ""
-    done: bool = False
+class AnswerTracker:
+    """One request's answer as its tokens arrive: the streamed text, and when the answer is finished.
+
+    `step` takes each new token: an end token finishes the answer ("stop"), as does a stop string (cut
+    from the text) or the request's own `max_new_tokens` ("length"); otherwise the text that is safe to
+    show (`_hold_back`) goes to the job as a chunk. Our batches feed one per row (`BatchTracker`), the
+    vLLM backend one per request, so both stream and stop answers the same way.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        decode: Callable[[Sequence[int]], str],
+        eos_ids: set[int],
+        budget: AdaptiveAnswer | None = None,
+    ) -> None:
+        self.job = job
+        self.budget = budget
+        """For a policy's rung: the answer so far (whose last rung is this one), which the final chunk reports."""
+        self.decode = decode
+        self.eos_ids = eos_ids
+        self.ids: list[int] = []
+        self.generated = 0
+        self.emitted = ""
+        self.done = False
+
+    def step(self, token: int) -> None:
+        if self.job.cancelled:
+            self.done = True
+            return
+        self.generated += 1
+        if token in self.eos_ids:
+            self.finish("stop")
+            return
+        self.ids.append(token)
+        text = self.decode(self.ids)
+        stops = self.job.prepared.sampling.stop
+        cut = first_stop(text, stops)
+        if cut is not None:
+            self.finish("stop", text[:cut])
+        elif self.generated >= self.job.prepared.max_new_tokens:
+            self.finish("length", text)
+        else:
+            visible = _hold_back(text, stops)
+            if len(visible) > len(self.emitted) and visible.startswith(self.emitted):
+                delta, self.emitted = visible[len(self.emitted) :], visible
+                self._emit(GenerationChunk(text=visible, delta=delta, completion_tokens=self.generated))
+
+    def finish(self, reason: str, text: str | None = None) -> None:
+        """End the answer with `reason` ("stop" or "length"), its text the tokens so far unless given."""
+        self.done = True
+        text = self.decode(self.ids) if text is None else text
+        delta = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
+        chunk = GenerationChunk(text=text, delta=delta, finish_reason=reason, completion_tokens=self.generated)
+        if self.budget is not None:
+            chunk.scale_used = self.budget.scale
+            chunk.visual_tokens = self.budget.visual_tokens
+            chunk.visual_tokens_processed = self.budget.visual_tokens_processed
+        else:
+            chunk.scale_used = self.job.prepared.scale
+            chunk.visual_tokens = chunk.visual_tokens_processed = self.job.prepared.visual_tokens
+        self._emit(chunk)
+
+    def fail(self, message: str) -> None:
+        self.done = True
+        self._emit(
+            GenerationChunk(text=self.emitted, finish_reason="error", error=message, completion_tokens=self.generated)
+        )
+
+    def _emit(self, chunk: GenerationChunk) -> None:
+        try:
+            self.job.emit(chunk)
+        except Exception:  # the receiver is gone (closed event loop, broken pipe): stop this answer only
+            logger.warning("dropping a request whose receiver failed", exc_info=True)
+            self.job.cancel()
+            self.done = True
 
 
 class BatchTracker(StoppingCriteria):
-    """Streams each row's text and decides, row by row, when it is finished.
+    """Streams each row's answer (`AnswerTracker`) and tells `generate` which rows are finished.
 
     Called by `generate` after every step with the tokens so far (from `inputs_embeds` generation
-    they are the new tokens only; the last column is always the newest). A row finishes on an EOS
-    id, a stop string (cut from the text), its own `max_new_tokens`, or cancellation; finished
-    rows are reported done so `generate` pads them and ends when every row is done. The final chunk
-    of each row says which budget answered: the job's scale, or for a policy's rung the row's
-    `budgets` entry (its answer so far, whose last rung is this one).
+    they are the new tokens only; the last column is always the newest). Finished and cancelled rows
+    are reported done, so `generate` pads them and ends when every row is done. For a policy's rung,
+    `budgets` holds each row's answer so far, whose final chunk reports the rung that answered.
     """
 
     def __init__(
@@ -401,79 +486,27 @@ class BatchTracker(StoppingCriteria):
         budgets: Sequence[AdaptiveAnswer] | None = None,
     ) -> None:
         self.jobs = list(jobs)
-        self.rows = [_Row(job, budget) for job, budget in zip(jobs, budgets or [None] * len(jobs))]
-        self.decode = decode
-        self.eos_ids = eos_ids
+        self.rows = [
+            AnswerTracker(job, decode, eos_ids, budget) for job, budget in zip(jobs, budgets or [None] * len(jobs))
+        ]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         newest = input_ids[:, -1].tolist()
         for row, token in zip(self.rows, newest):
             if not row.done:
-                self._step(row, token)
+                row.step(token)
         return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
-
-    def _step(self, row: _Row, token: int) -> None:
-        if row.job.cancelled:
-            row.done = True
-            return
-        row.generated += 1
-        if token in self.eos_ids:
-            self._finish(row, "stop")
-            return
-        row.ids.append(token)
-        text = self.decode(row.ids)
-        stops = row.job.prepared.sampling.stop
-        cut = first_stop(text, stops)
-        if cut is not None:
-            self._finish(row, "stop", text[:cut])
-        elif row.generated >= row.job.prepared.max_new_tokens:
-            self._finish(row, "length", text)
-        else:
-            visible = _hold_back(text, stops)
-            if len(visible) > len(row.emitted) and visible.startswith(row.emitted):
-                delta, row.emitted = visible[len(row.emitted) :], visible
-                self._emit(row, GenerationChunk(text=visible, delta=delta, completion_tokens=row.generated))
-
-    def _finish(self, row: _Row, reason: str, text: str | None = None) -> None:
-        row.done = True
-        text = self.decode(row.ids) if text is None else text
-        delta = text[len(row.emitted) :] if text.startswith(row.emitted) else ""
-        if row.budget is not None:
-            scale, tokens, processed = row.budget.scale, row.budget.visual_tokens, row.budget.visual_tokens_processed
-        else:
-            scale, tokens, processed = (
-                row.job.prepared.scale,
-                row.job.prepared.visual_tokens,
-                row.job.prepared.visual_tokens,
-            )
-        chunk = GenerationChunk(text=text, delta=delta, finish_reason=reason, completion_tokens=row.generated)
-        chunk.scale_used, chunk.visual_tokens, chunk.visual_tokens_processed = scale, tokens, processed
-        self._emit(row, chunk)
-
-    def _emit(self, row: _Row, chunk: GenerationChunk) -> None:
-        try:
-            row.job.emit(chunk)
-        except Exception:  # the receiver is gone (closed event loop, broken pipe): stop this row only
-            logger.warning("dropping a request whose receiver failed", exc_info=True)
-            row.job.cancel()
-            row.done = True
 
     def finish(self) -> None:
         """After `generate` returned: rows that ran into the batch's token limit end with "length"."""
         for row in self.rows:
             if not row.done and not row.job.cancelled:
-                self._finish(row, "length")
+                row.finish("length")
 
     def fail(self, message: str) -> None:
         for row in self.rows:
             if not row.done:
-                row.done = True
-                self._emit(
-                    row,
-                    GenerationChunk(
-                        text=row.emitted, finish_reason="error", error=message, completion_tokens=row.generated
-                    ),
-                )
+                row.fail(message)
 
 
 def _hold_back(text: str, stops: Sequence[str]) -> str:

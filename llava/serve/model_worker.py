@@ -35,11 +35,12 @@ from fastapi.responses import StreamingResponse
 from llava.constants import WORKER_HEART_BEAT_INTERVAL
 from llava.generation import SamplingParams
 from llava.serve.args import parse_worker_args as parse_args
+from llava.serve.backends import backend_from_args
+from llava.serve.backends.base import AnswerStream, ServingBackend
 from llava.serve.engine import PreparedRequest
 from llava.serve.http import RequestError, create_json_app, guarded_stream, run_server
 from llava.serve.openai_api import create_openai_router
 from llava.serve.protocol import VisualTokensParams, WorkerGenerateParams
-from llava.serve.service import ChunkStream, ModelService, service_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def _chunk(message: dict[str, Any]) -> bytes:
     return json.dumps(message).encode() + b"\0"
 
 
-async def _chunks(stream: ChunkStream, prompt: str, prepared: PreparedRequest) -> AsyncIterator[bytes]:
+async def _chunks(stream: AnswerStream, prompt: str, prepared: PreparedRequest) -> AsyncIterator[bytes]:
     """The worker protocol's stream: the prompt and the answer so far in each chunk, usage in the last."""
     async for chunk in stream:
         message: dict[str, Any] = {"text": prompt + chunk.text, "error_code": 0}
@@ -139,12 +140,13 @@ async def _chunks(stream: ChunkStream, prompt: str, prepared: PreparedRequest) -
         yield _chunk(message)
 
 
-def create_app(service: ModelService, link: ControllerLink | None = None, api_key: str | None = None) -> FastAPI:
-    """The worker's FastAPI app; its lifespan starts and stops the scheduler and the heartbeats."""
+def create_app(service: ServingBackend, link: ControllerLink | None = None, api_key: str | None = None) -> FastAPI:
+    """The worker's FastAPI app over any serving backend; its lifespan starts and stops the backend and the
+    heartbeats."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service.start()
+        await service.start()
         if link is not None:
             link.start()
         try:
@@ -152,7 +154,7 @@ def create_app(service: ModelService, link: ControllerLink | None = None, api_ke
         finally:
             if link is not None:
                 link.stop()
-            service.stop()
+            await service.stop()
 
     app = create_json_app(
         f"LLaVA/M3 model worker: {service.model_name}", service.limits.max_request_bytes, lifespan=lifespan
@@ -169,7 +171,7 @@ def create_app(service: ModelService, link: ControllerLink | None = None, api_ke
             prepared = await service.prepare(
                 params.prompt, params.images or [], params.matryoshka_vis_token_scale, sampling
             )
-            stream = service.open_stream(prepared)
+            stream = await service.open_stream(prepared)
 
         body = guarded_stream(_chunks(stream, params.prompt, prepared), "/worker_generate_stream", _chunk)
         return StreamingResponse(body, media_type="application/octet-stream")
@@ -181,13 +183,13 @@ def create_app(service: ModelService, link: ControllerLink | None = None, api_ke
     @app.post("/worker_visual_tokens")
     async def worker_visual_tokens(params: VisualTokensParams) -> dict[str, Any]:
         """The visual tokens one image costs at a budget (for anyres, an image of `image_size`)."""
-        scale = service.engine.resolve_scale(params.matryoshka_vis_token_scale)
+        scale = service.resolve_scale(params.matryoshka_vis_token_scale)
         size = tuple(params.image_size) if params.image_size is not None else None
         return {
             "matryoshka_vis_token_scale": scale,
-            "visual_tokens": service.engine.num_visual_tokens(scale, size),
+            "visual_tokens": service.num_visual_tokens(scale, size),
             "per_crop": scale,
-            "anyres": service.engine.is_anyres,
+            "anyres": service.rules.is_anyres,
         }
 
     app.include_router(create_openai_router(service, api_key=api_key))
@@ -195,8 +197,8 @@ def create_app(service: ModelService, link: ControllerLink | None = None, api_ke
 
 
 def build_app(args: argparse.Namespace) -> FastAPI:
-    """Load the model and assemble the worker app the flags describe."""
-    service = service_from_args(args)
+    """Load the model (or connect to its engine) and assemble the worker app the flags describe."""
+    service = backend_from_args(args)
     worker_address = args.worker_address or f"http://{args.host}:{args.port}"
     link = None
     if not args.no_register:

@@ -29,6 +29,8 @@ from pydantic import Field
 
 from llava.generation import ChatTurn, SamplingParams, build_chat_prompt
 from llava.serve.args import parse_openai_api_args as parse_args
+from llava.serve.backends import backend_from_args
+from llava.serve.backends.base import AnswerStream, ServingBackend
 from llava.serve.engine import GenerationChunk, PreparedRequest
 from llava.serve.http import (
     RequestError,
@@ -42,7 +44,6 @@ from llava.serve.http import (
     until_disconnected,
 )
 from llava.serve.protocol import MAX_TOKENS, ModelName, Scale, Temperature, TopP
-from llava.serve.service import ChunkStream, ModelService, service_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def _usage(prepared: PreparedRequest, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def create_openai_router(service: ModelService, api_key: str | None = None) -> APIRouter:
+def create_openai_router(service: ServingBackend, api_key: str | None = None) -> APIRouter:
     """The `/v1` routes over a model service; with `api_key`, requests must send `Authorization: Bearer KEY`."""
 
     def check_key(request: Request) -> None:
@@ -138,27 +139,27 @@ def create_openai_router(service: ModelService, api_key: str | None = None) -> A
             "object": "model",
             "created": 0,
             "owned_by": "llava",
-            "matryoshka": service.engine.info(),
+            "matryoshka": service.info(),
         }
         return {"object": "list", "data": [card]}
 
-    async def start(body: ChatCompletionRequest) -> tuple[PreparedRequest, ChunkStream]:
+    async def start(body: ChatCompletionRequest) -> tuple[PreparedRequest, AnswerStream]:
         """Validate and queue a chat completion; raises `RequestError`."""
         if body.model != service.model_name:
             raise RequestError(
                 404, f"model {body.model!r} is not served here; available: [{service.model_name!r}]", "model"
             )
         try:
-            prompt, images, template_stop = build_chat_prompt(_turns(body.messages), service.engine.conv_mode)
+            prompt, images, template_stop = build_chat_prompt(_turns(body.messages), service.rules.conv_mode)
         except ValueError as e:
             raise RequestError(400, str(e), "messages") from None
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if template_stop:
             stop.append(template_stop)
-        max_tokens = body.max_completion_tokens or body.max_tokens or service.engine.max_new_tokens_limit
+        max_tokens = body.max_completion_tokens or body.max_tokens or service.rules.max_new_tokens_limit
         sampling = SamplingParams(body.temperature, body.top_p, max_tokens, tuple(stop))
         prepared = await service.prepare(prompt, images, body.matryoshka_vis_token_scale, sampling)
-        return prepared, service.open_stream(prepared)
+        return prepared, await service.open_stream(prepared)
 
     @router.post("/v1/chat/completions", dependencies=[Depends(check_key)])
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
@@ -243,16 +244,16 @@ async def _sse_events(
     yield "data: [DONE]\n\n"
 
 
-def create_app(service: ModelService, api_key: str | None = None) -> FastAPI:
-    """A standalone OpenAI-compatible server over one model service."""
+def create_app(service: ServingBackend, api_key: str | None = None) -> FastAPI:
+    """A standalone OpenAI-compatible server over one serving backend."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service.start()
+        await service.start()
         try:
             yield
         finally:
-            service.stop()
+            await service.stop()
 
     app = create_json_app(
         f"LLaVA/M3 OpenAI-compatible API: {service.model_name}", service.limits.max_request_bytes, lifespan=lifespan
@@ -265,7 +266,7 @@ def create_app(service: ModelService, api_key: str | None = None) -> FastAPI:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_server(create_app(service_from_args(args), api_key=args.api_key), args.host, args.port, args.log_level)
+    run_server(create_app(backend_from_args(args), api_key=args.api_key), args.host, args.port, args.log_level)
 
 
 if __name__ == "__main__":

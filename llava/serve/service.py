@@ -8,10 +8,11 @@ Requests the server has already received but is still decoding (announced with `
 waited for up to `max_wait_s`: without that, clients that send together were split into small
 batches just because their images were decoded one after another.
 
-A server handler calls `ModelService.prepare` (decodes images and validates in a worker thread,
-raising `RequestError`), then `open_stream` (503 when the queue is full) and iterates the returned
-`ChunkStream`, which is fed from the scheduler's thread. Closing the stream early (a client that
-disconnected) cancels the request at the next generation step.
+`ModelService` is the `hf` serving backend (see backends/base.py): a route validates a request with
+`prepare` (decodes images and validates in a worker thread, raising `RequestError`), queues it with
+`open_stream` (503 when the queue is full) and iterates the returned `ChunkStream`, which is fed from
+the scheduler's thread. Closing the stream early (a client that disconnected) cancels the request at
+the next generation step.
 Each service owns its scheduler, queue, thread and counters; nothing is shared between services.
 """
 
@@ -24,16 +25,22 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+from PIL import Image
+
 from llava.generation import SamplingParams
-from llava.mm_utils import processor_crop_size
+from llava.serve.backends.base import (
+    AnswerStream,
+    ServiceLimits,
+    ServingBackend,
+    limits_from_args,
+    rules_kwargs_from_args,
+)
 from llava.serve.engine import GenerationChunk, InferenceEngine, Job, PreparedRequest
-from llava.serve.http import MIB, RequestError
-from llava.serve.media import ImageLayout, ImagePolicy, VideoPolicy, decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -156,15 +163,6 @@ class BatchScheduler:
         return live
 
 
-@dataclass(frozen=True)
-class ServiceLimits:
-    """What a server accepts before it decodes anything (413 / 503 beyond)."""
-
-    max_request_bytes: int = 32 * MIB
-    max_queued_requests: int = 256
-    image: ImagePolicy = field(default_factory=ImagePolicy)
-
-
 class LoopMailbox:
     """Hands chunks from the scheduler thread to the streams of one event loop, with few wake-ups.
 
@@ -202,7 +200,7 @@ class LoopMailbox:
             inbox.put_nowait(chunk)
 
 
-class ChunkStream:
+class ChunkStream(AnswerStream):
     """The chunks of one request, delivered from the scheduler thread into the event loop."""
 
     def __init__(self, prepared: PreparedRequest, mailbox: LoopMailbox) -> None:
@@ -232,13 +230,6 @@ class ChunkStream:
             if not self.finished:
                 self.job.cancel()
 
-    async def final(self) -> GenerationChunk:
-        """Wait for the last chunk (non-streaming responses)."""
-        async for chunk in self:
-            if chunk.done:
-                return chunk
-        raise RuntimeError("the stream ended without a final chunk")
-
     def cancel(self) -> None:
         self.job.cancel()
 
@@ -248,8 +239,10 @@ def _merge(earlier: GenerationChunk, later: GenerationChunk) -> GenerationChunk:
     return replace(later, delta=earlier.delta + later.delta)
 
 
-class ModelService:
-    """One model served to many concurrent clients in batches."""
+class ModelService(ServingBackend):
+    """The `hf` backend: our own engine (`InferenceEngine`) in this process, fed in batches by a scheduler."""
+
+    name = "hf"
 
     def __init__(
         self,
@@ -259,41 +252,21 @@ class ModelService:
         limits: ServiceLimits | None = None,
         stream_interval_s: float = 0.02,
     ) -> None:
+        super().__init__(engine, limits)
         self.engine = engine
         self.stream_interval_s = stream_interval_s
-        self.limits = limits or ServiceLimits()
         self.scheduler = BatchScheduler(engine, max_batch_size=max_batch_size, batch_wait_s=batch_wait_s)
-        self.image_layout = ImageLayout(
-            engine.model.config.image_aspect_ratio, processor_crop_size(engine.generator.image_processor)
-        )
         self._mailboxes: dict[asyncio.AbstractEventLoop, LoopMailbox] = {}
 
-    @property
-    def model_name(self) -> str:
-        return self.engine.model_name
-
-    def start(self) -> None:
+    async def start(self) -> None:
         self.scheduler.start()
 
-    def stop(self) -> None:
-        self.scheduler.stop()
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.scheduler.stop)  # it finishes the running batch first
 
-    async def prepare(
-        self, prompt: str, image_payloads: Sequence[str], scale: int | None, sampling: SamplingParams
+    def build_request(
+        self, prompt: str, images: list[Image.Image], scale: int | None, sampling: SamplingParams
     ) -> PreparedRequest:
-        """Decode the images and validate the request off the event loop; raises `RequestError`."""
-        if len(image_payloads) > self.engine.max_images:
-            raise RequestError(
-                400,
-                f"{len(image_payloads)} images in one request; this server accepts at most {self.engine.max_images}",
-            )
-        return await asyncio.to_thread(self._prepare, prompt, list(image_payloads), scale, sampling)
-
-    def _prepare(
-        self, prompt: str, payloads: list[str], scale: int | None, sampling: SamplingParams
-    ) -> PreparedRequest:
-        self.engine.resolve_scale(scale)  # a bad scale is reported before any image is decoded
-        images = [decode_image(payload, self.limits.image, self.image_layout) for payload in payloads]
         return self.engine.prepare(prompt, images, scale, sampling)
 
     @contextmanager
@@ -306,10 +279,13 @@ class ModelService:
         finally:
             self.scheduler.expected_done()
 
-    def open_stream(self, prepared: PreparedRequest) -> ChunkStream:
+    @property
+    def queue_length(self) -> int:
+        return self.scheduler.queue_length
+
+    async def open_stream(self, prepared: PreparedRequest) -> ChunkStream:
         """Queue a prepared request; 503 when `max_queued_requests` are already waiting or running."""
-        if self.scheduler.queue_length >= self.limits.max_queued_requests:
-            raise RequestError(503, f"the server is busy ({self.scheduler.queue_length} requests queued); retry later")
+        self.check_room()
         loop = asyncio.get_running_loop()
         mailbox = self._mailboxes.get(loop)
         if mailbox is None:
@@ -319,13 +295,8 @@ class ModelService:
         self.scheduler.submit(stream.job)
         return stream
 
-    def status(self) -> dict[str, Any]:
-        """The worker status the controller and the web UI read (names kept from the original)."""
+    def engine_status(self) -> dict[str, Any]:
         return {
-            "model_names": [self.model_name],
-            "speed": 1,
-            "queue_length": self.scheduler.queue_length,
-            "matryoshka": self.engine.info(),
             "batches": self.scheduler.stats.batches,
             "requests_generated": self.scheduler.stats.requests,
             "largest_batch": self.scheduler.stats.largest_batch,
@@ -337,26 +308,11 @@ def service_from_args(args: argparse.Namespace) -> ModelService:
     """Load the model named by the flags and wrap it in a (not yet started) service."""
     if args.load_8bit and args.load_4bit:
         raise SystemExit("choose one of --load-8bit and --load-4bit")
-    engine = InferenceEngine.from_args(
-        args,
-        max_new_tokens_limit=args.max_new_tokens_limit,
-        max_images=args.max_images,
-        default_scale=args.matryoshka_vis_token_scale,
-    )
-    limits = ServiceLimits(
-        max_request_bytes=args.max_request_bytes,
-        max_queued_requests=args.max_queued_requests,
-        image=ImagePolicy(
-            max_image_bytes=args.max_image_bytes,
-            max_image_pixels=args.max_image_pixels,
-            allow_remote=args.allow_remote_images,
-            video=VideoPolicy.from_args(args),
-        ),
-    )
+    engine = InferenceEngine.from_args(args, **rules_kwargs_from_args(args))
     return ModelService(
         engine,
         max_batch_size=args.limit_model_concurrency,
         batch_wait_s=args.batch_wait_ms / 1000,
-        limits=limits,
+        limits=limits_from_args(args),
         stream_interval_s=args.stream_interval_ms / 1000,
     )

