@@ -27,11 +27,9 @@ from llava.model.placement import is_split
 # oneDNN picks its blocking from an expected number of rows; the packed weight works for any number.
 _ROWS_HINT = 64
 
-# Smallest weight (in_features × out_features) that `prepare_for_inference` packs by default. Measured
-# by benchmarks/bench_linear_packing.py on the 2-core development machine (fastest of 30 calls,
-# 1 / 8 / 41 / 608 rows): a 256×256 layer is 2.6× slower packed at one row; 512×512 is 1.1-1.9×
-# faster from 8 rows on but 0.88-0.90× at one row; from 512×1024 on, packed is faster at every row
-# count (1.1-3.9×).
+# Smallest weight (in_features × out_features) that `prepare_for_inference` packs by default: a packed call
+# has a fixed overhead that smaller layers do not earn back at one row (benchmarks/bench_linear_packing.py;
+# the measurements are in docs/Performance.md).
 PACK_MIN_WEIGHTS = 512 * 1024
 
 
