@@ -27,7 +27,7 @@ def vllm_server(checkpoint: Path, log: Path, flags: Sequence[str] = ()) -> Itera
     port = find_free_port()
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--trust-request-mm-kwargs"]
-    command += ["--dtype", "float32", "--enforce-eager", "--max-model-len", "2048", *flags]
+    command += ["--dtype", "float32", "--enforce-eager", *flags]  # the context: the checkpoint's
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
     url = f"http://127.0.0.1:{port}"

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.slow
 
 # hidden 1024: the projector's second layer holds 1024² weights, over PACK_MIN_WEIGHTS; its first
 # (tower width × 1024) stays below and is left plain.
-WIDE_PROJECTOR = dict(hidden_size=1024, intermediate_size=256, num_attention_heads=8, num_key_value_heads=2)
+WIDE_PROJECTOR = dict(
+    hidden_size=1024, intermediate_size=256, num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096
+)
 
 
 def test_projector_is_packed_and_tokens_match(tmp_path: Path, tiny_clip: Path) -> None:

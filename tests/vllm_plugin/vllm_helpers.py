@@ -25,13 +25,16 @@ from llava.testing import ANYRES_PINPOINTS, build_tiny_llava, tiny_image_process
 VLLM_MISSING = "vLLM is not installed here; tests/vllm_plugin runs in .venv-vllm (bash scripts/ci/vllm_env.sh)"
 SCALES = [576, 144, 36, 9, 1]
 NEW_TOKENS = 12
-# vLLM's CPU attention rejects head_dim 16 (the tiny default): 128 / 4 heads = 32.
-WIDE_HEADS = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2)
+# vLLM's CPU attention rejects head_dim 16 (the tiny default): 128 / 4 heads = 32. The context is the
+# released models' (vLLM refuses a max_model_len above it), room for anyres images at 576 per crop.
+VLLM_MODEL_FIELDS = dict(
+    hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096
+)
 
 
 def build_pad_checkpoint(root: Path, tower: Path) -> Path:
     return build_tiny_llava(
-        root / "llava-v1.5-tiny-pad-m3", vision_tower=tower, matryoshka_vis_token_scale=SCALES, **WIDE_HEADS
+        root / "llava-v1.5-tiny-pad-m3", vision_tower=tower, matryoshka_vis_token_scale=SCALES, **VLLM_MODEL_FIELDS
     )
 
 
@@ -42,7 +45,7 @@ def build_anyres_checkpoint(root: Path, tower: Path) -> Path:
         image_aspect_ratio="anyres",
         image_grid_pinpoints=ANYRES_PINPOINTS,
         mm_patch_merge_type="spatial_unpad",
-        **WIDE_HEADS,
+        **VLLM_MODEL_FIELDS,
     )
 
 
@@ -53,7 +56,9 @@ def build_checkpoint_with_tokenizer(out_dir: Path, tower: Path, tokenizer_dir: P
     without it (saving would write the key out). The vocabulary is the tokenizer's.
     """
     vocab_size = len(load_tokenizer(str(tokenizer_dir)))
-    config = tiny_llava_config(tower, vocab_size, matryoshka_vis_token_scale=SCALES, pad_token_id=None, **WIDE_HEADS)
+    config = tiny_llava_config(
+        tower, vocab_size, matryoshka_vis_token_scale=SCALES, pad_token_id=None, **VLLM_MODEL_FIELDS
+    )
     torch.manual_seed(0)
     model = LLAVA_MODEL_CLASSES["llava_llama"][1](config)
     model.get_vision_tower().load_pretrained_weights()
