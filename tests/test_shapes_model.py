@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from llava.data import shapes
 from llava.eval.calibrate_scale import simulate
-from llava.eval.shapes_demo import evaluate, run_demo
+from llava.eval.shapes_demo import run_demo
 from llava.model.matryoshka import TRAINED_SCALES as SCALES_ALL
 from llava.scale_policy import POLICY_FILE, read_policy_file
 from llava.serve import cli
@@ -32,14 +32,16 @@ pytestmark = pytest.mark.skipif(not (M3_MODEL / "model.safetensors").exists(), r
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict]:
-    return evaluate(M3_MODEL, tmp_path_factory.mktemp("shapes-test"), NUM_IMAGES, SCALES)
+    return run_demo(M3_MODEL, tmp_path_factory.mktemp("shapes-test"), NUM_IMAGES, SCALES, adaptive=False).scores
 
 
 @pytest.fixture(scope="module")
 def baseline_table(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict]:
     if not (BASELINE_MODEL / "model.safetensors").exists():
         pytest.skip("no shipped 576-only baseline")
-    return evaluate(BASELINE_MODEL, tmp_path_factory.mktemp("shapes-test-576"), NUM_IMAGES, SCALES)
+    return run_demo(
+        BASELINE_MODEL, tmp_path_factory.mktemp("shapes-test-576"), NUM_IMAGES, SCALES, adaptive=False
+    ).scores
 
 
 def accuracy(results: dict, key: str | None = None) -> float:

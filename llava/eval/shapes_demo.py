@@ -158,20 +158,6 @@ def run_demo(
     return DemoRun(records, answers, scores, policy, table)
 
 
-def evaluate(
-    model_path: str | Path,
-    data_dir: str | Path,
-    num_images: int,
-    scales: Sequence[int] = TRAINED_SCALES,
-    seed: int = shapes.DEFAULT_SEEDS["test"],
-    batch_size: int = 64,
-    device: str = "cpu",
-) -> dict[int, dict]:
-    """Score a checkpoint on the first `num_images` held-out images at fixed budgets: {scale: shapes.score(...)}."""
-    run = run_demo(model_path, data_dir, num_images, scales, seed, batch_size, device, adaptive=False)
-    return {scale: run.scores[scale] for scale in scales}
-
-
 def accuracy_table(results: dict[int | str, dict]) -> str:
     """Markdown table: rows = overall, difficulties, question types; columns = visual tokens (then auto)."""
     labels = [*sorted((k for k in results if isinstance(k, int)), reverse=True), *[k for k in results if k == AUTO]]
