@@ -10,6 +10,7 @@ LLaVA does; folders cut off by a kill mid-save are skipped with a warning (see `
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,6 +114,12 @@ def _configure_logging(training_args: TrainingArguments) -> None:
 def main(argv: Sequence[str] | None = None) -> LLaVATrainer:
     trainer = train(*parse_args(argv))
     if torch.distributed.is_initialized():
+        # The DeepSpeed engine sits in reference cycles with handles of communication it started; collected
+        # only at interpreter shutdown, they take gloo's worker threads down with the interpreter (SIGABRT).
+        # Collect them now, with every rank past the barrier, then close the process group.
+        trainer.accelerator.free_memory()
+        gc.collect()
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return trainer
 
