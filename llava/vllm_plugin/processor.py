@@ -179,9 +179,15 @@ class M3MultiModalProcessor(BaseMultiModalProcessor[M3ProcessingInfo]):
     def get_dummy_inputs(
         self, seq_len: int, mm_counts: Mapping[str, int], mm_options: MultiModalDummyOptions
     ) -> ProcessorInputs:
-        # Profile at the full budget whatever the server default, so the encoder cache fits any request.
+        # Profile at the full budget whatever the server default, so the encoder cache fits any request. The
+        # prompt is the placeholders themselves: a tokenizer that loses `<image>` in text (M3-Shapes' word-level
+        # one) would leave the dummy text without a place for the images.
         inputs = super().get_dummy_inputs(seq_len, mm_counts, mm_options)
-        return dataclasses.replace(inputs, hf_processor_mm_kwargs={SCALE_KWARG: self.info.grid_side**2})
+        return dataclasses.replace(
+            inputs,
+            prompt=[self.info.placeholder_id] * mm_counts.get("image", 0),
+            hf_processor_mm_kwargs={SCALE_KWARG: self.info.grid_side**2},
+        )
 
     def _postprocess_prompt(self, prompt: list[int]) -> list[int]:
         """Token ids as our `tokenizer_image_token` makes them, with one placeholder id per `<image>`.
