@@ -37,7 +37,7 @@ from llava.adaptive import AdaptiveAnswer, answer_adaptive, check_policy, defaul
 from llava.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_MAX_IMAGES, DEFAULT_MAX_NEW_TOKENS_LIMIT, IMAGE_TOKEN_INDEX
 from llava.generation import Generator, PromptBatch, SamplingParams, first_stop
 from llava.model.matryoshka import TRAINED_SCALES, valid_scales
-from llava.scale_policy import AutoScale, ScalePolicy, load_checkpoint_policy
+from llava.scale_policy import AUTO, AutoScale, ScalePolicy, load_checkpoint_policy
 from llava.serve.http import RequestError
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,34 @@ class GenerationChunk:
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+
+def requested_budget(prepared: PreparedRequest) -> int | str:
+    """The budget a request asked for, as the APIs write it: the scale, or "auto" for a policy."""
+    return str(AUTO) if isinstance(prepared.scale, ScalePolicy) else prepared.scale
+
+
+def answer_usage(prepared: PreparedRequest, final: GenerationChunk) -> dict[str, Any]:
+    """What an answer cost, as every API reports it (the worker's last chunk, OpenAI's `usage`).
+
+    `prompt_tokens` is what the language model read at the budget that answered: the text tokens plus
+    `visual_tokens` (for a policy, its answering rung's, not the largest rung's that `prepared` was budgeted
+    at); `visual_tokens_processed` adds the rungs tried before it. Engines that do not report the budget
+    used (a remote engine) answered at the request's fixed budget.
+    """
+    fixed = None if isinstance(prepared.scale, ScalePolicy) else prepared.scale
+    visual = final.visual_tokens if final.visual_tokens is not None else prepared.visual_tokens
+    processed = final.visual_tokens_processed if final.visual_tokens_processed is not None else visual
+    prompt_tokens = prepared.prompt_tokens - prepared.visual_tokens + visual
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": final.completion_tokens,
+        "total_tokens": prompt_tokens + final.completion_tokens,
+        "visual_tokens": visual,
+        "visual_tokens_processed": processed,
+        "matryoshka_vis_token_scale": requested_budget(prepared),
+        "matryoshka_vis_token_scale_used": final.scale_used if final.scale_used is not None else fixed,
+    }
 
 
 @dataclass

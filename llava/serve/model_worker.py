@@ -5,10 +5,11 @@
 
 Routes (bodies in protocol.py):
     POST /worker_generate_stream   {"prompt", "images": [base64...], "temperature", "top_p", "max_new_tokens",
-                                    "stop", "matryoshka_vis_token_scale"} → NUL-delimited JSON chunks
-                                    {"text": prompt + answer so far, "error_code": 0}; the last one adds
-                                    "finish_reason" and "usage". Bad input is answered before streaming with
-                                    its HTTP status and {"text": message, "error_code": status}.
+                                    "stop", "matryoshka_vis_token_scale": N or "auto"} → NUL-delimited JSON
+                                    chunks {"text": prompt + answer so far, "error_code": 0}; the last one adds
+                                    "finish_reason" and "usage" (`answer_usage`: tokens, the budget used).
+                                    Bad input is answered before streaming with its HTTP status and
+                                    {"text": message, "error_code": status}.
     POST /worker_get_status        {"model_names", "speed", "queue_length", "matryoshka": {...}}
     POST /worker_visual_tokens     {"matryoshka_vis_token_scale", "image_size": [w, h]?} → {"visual_tokens"}
     GET  /v1/models, POST /v1/chat/completions   the OpenAI-compatible API (see openai_api.py)
@@ -37,10 +38,10 @@ from llava.generation import SamplingParams
 from llava.serve.args import parse_worker_args as parse_args
 from llava.serve.backends import backend_from_args
 from llava.serve.backends.base import AnswerStream, ServingBackend
-from llava.serve.engine import PreparedRequest
+from llava.serve.engine import PreparedRequest, answer_usage
 from llava.serve.http import RequestError, create_json_app, guarded_stream, run_server
 from llava.serve.openai_api import create_openai_router
-from llava.serve.protocol import VisualTokensParams, WorkerGenerateParams
+from llava.serve.protocol import VisualTokensParams, WorkerGenerateParams, request_budget
 
 logger = logging.getLogger(__name__)
 
@@ -131,12 +132,7 @@ async def _chunks(stream: AnswerStream, prompt: str, prepared: PreparedRequest) 
             message.update(text=chunk.error, error_code=500)
         if chunk.done:
             message["finish_reason"] = chunk.finish_reason
-            message["usage"] = {
-                "prompt_tokens": prepared.prompt_tokens,
-                "visual_tokens": prepared.visual_tokens,
-                "completion_tokens": chunk.completion_tokens,
-                "matryoshka_vis_token_scale": prepared.scale,
-            }
+            message["usage"] = answer_usage(prepared, chunk)
         yield _chunk(message)
 
 
@@ -168,9 +164,8 @@ def create_app(service: ServingBackend, link: ControllerLink | None = None, api_
             if params.model is not None and params.model != service.model_name:
                 raise RequestError(404, f"this worker serves {service.model_name!r}, not {params.model!r}", "model")
             sampling = SamplingParams(params.temperature, params.top_p, params.max_new_tokens, params.stop_strings)
-            prepared = await service.prepare(
-                params.prompt, params.images or [], params.matryoshka_vis_token_scale, sampling
-            )
+            budget = request_budget(params.matryoshka_vis_token_scale)
+            prepared = await service.prepare(params.prompt, params.images or [], budget, sampling)
             stream = await service.open_stream(prepared)
 
         body = guarded_stream(_chunks(stream, params.prompt, prepared), "/worker_generate_stream", _chunk)

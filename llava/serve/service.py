@@ -33,6 +33,7 @@ from typing import Any
 from PIL import Image
 
 from llava.generation import SamplingParams
+from llava.scale_policy import ScalePolicy
 from llava.serve.backends.base import (
     AnswerStream,
     ServiceLimits,
@@ -265,7 +266,7 @@ class ModelService(ServingBackend):
         await asyncio.to_thread(self.scheduler.stop)  # it finishes the running batch first
 
     def build_request(
-        self, prompt: str, images: list[Image.Image], scale: int | None, sampling: SamplingParams
+        self, prompt: str, images: list[Image.Image], scale: int | ScalePolicy, sampling: SamplingParams
     ) -> PreparedRequest:
         return self.engine.prepare(prompt, images, scale, sampling)
 

@@ -95,7 +95,7 @@ def stack(tiny_llava_pad: Path) -> Iterator[dict[str, Any]]:
             server.stop()
 
 
-def generate(controller: str, model: str, scale: int | None) -> tuple[int, dict[str, Any]]:
+def generate(controller: str, model: str, scale: int | str | None) -> tuple[int, dict[str, Any]]:
     body = {
         "model": model,
         "prompt": build_prompt(CONV, QUESTION, 1),
@@ -130,6 +130,8 @@ def test_an_engine_that_ignores_budgets_serves_the_full_budget_only(stack: dict[
     assert code == 400 and "does not take M3 budgets); valid values: [576]" in refusal["text"]
     visual = httpx.post(f"{stack['openai']}/worker_visual_tokens", json={"matryoshka_vis_token_scale": 9})
     assert visual.status_code == 400
+    code, refusal = generate(stack["controller"], "tiny-openai", "auto")  # the policy needs our own engine
+    assert code == 400 and "needs our own engine (--backend hf)" in refusal["text"]
     assert generate(stack["controller"], "tiny-openai", 576)[0] == 200  # and it keeps serving
 
 

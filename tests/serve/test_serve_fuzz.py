@@ -76,7 +76,8 @@ def fuzz(server: BackgroundServer, headers: dict[str, str] | None = None, adapt:
 
 
 HOSTILE_JSON = [
-    "9.0", "9.5", "1e308", "-1e308", "1e-400", "5e-324", "NaN", "-Infinity", "true", '"9"', '"auto"', "[]", "{}",
+    "9.0", "9.5", "3.5", "1e308", "-1e308", "1e-400", "5e-324", "NaN", "-Infinity", "true", '"9"', '"auto"',
+    '"AUTO "', '"max"', "[]", "{}",
     "9" * 5000, "-" + "9" * 30, "[" * 100_000 + "]" * 100_000, '"\\ud800"', '"a\\udfffb"', '"\\u0000"',
 ]  # fmt: skip
 

@@ -32,6 +32,7 @@ from transformers import GenerationConfig
 
 from llava.generation import SamplingParams
 from llava.mm_utils import processor_crop_size
+from llava.scale_policy import AutoScale, ScalePolicy
 from llava.serve.engine import CheckpointRules, GenerationChunk, PreparedRequest
 from llava.serve.http import MIB, RequestError
 from llava.serve.media import ImageLayout, ImagePolicy, VideoPolicy, decode_image
@@ -89,6 +90,10 @@ class ServingBackend(ABC):
         """The budget a request gets (None: the default), or a 400 naming the valid values."""
         return self.rules.resolve_scale(scale)
 
+    def resolve_budget(self, scale: int | AutoScale | None) -> int | ScalePolicy:
+        """A generation request's budget: `resolve_scale`'s, or for `AUTO` the checkpoint's policy."""
+        return self.rules.auto_policy if isinstance(scale, AutoScale) else self.resolve_scale(scale)
+
     def num_visual_tokens(self, scale: int | None, image_size: tuple[int, int] | None = None) -> int:
         return self.rules.num_visual_tokens(self.resolve_scale(scale), image_size)
 
@@ -99,7 +104,7 @@ class ServingBackend(ABC):
     # -- requests ---------------------------------------------------------------------------------------
 
     async def prepare(
-        self, prompt: str, image_payloads: Sequence[str], scale: int | None, sampling: SamplingParams
+        self, prompt: str, image_payloads: Sequence[str], scale: int | AutoScale | None, sampling: SamplingParams
     ) -> PreparedRequest:
         """Decode the images and validate the request off the event loop; raises `RequestError`."""
         if len(image_payloads) > self.rules.max_images:
@@ -110,14 +115,14 @@ class ServingBackend(ABC):
         return await asyncio.to_thread(self._prepare, prompt, list(image_payloads), scale, sampling)
 
     def _prepare(
-        self, prompt: str, payloads: list[str], scale: int | None, sampling: SamplingParams
+        self, prompt: str, payloads: list[str], scale: int | AutoScale | None, sampling: SamplingParams
     ) -> PreparedRequest:
-        self.resolve_scale(scale)  # a bad scale is reported before any image is decoded
+        budget = self.resolve_budget(scale)  # a bad budget is reported before any image is decoded
         images = [decode_image(payload, self.limits.image, self.image_layout) for payload in payloads]
-        return self.build_request(prompt, images, scale, sampling)
+        return self.build_request(prompt, images, budget, sampling)
 
     def build_request(
-        self, prompt: str, images: list[Image.Image], scale: int | None, sampling: SamplingParams
+        self, prompt: str, images: list[Image.Image], scale: int | ScalePolicy, sampling: SamplingParams
     ) -> PreparedRequest:
         """The validated request with what this backend's engine takes: by default the images themselves."""
         return replace(self.rules.plan(prompt, [image.size for image in images], scale, sampling), images=images)
@@ -201,6 +206,18 @@ class EngineBackend(ServingBackend):
     @property
     def queue_length(self) -> int:
         return len(self._open)
+
+    def resolve_budget(self, scale: int | AutoScale | None) -> int:
+        """Fixed budgets only: the adaptive policy walks budgets inside our own engine's generate loop, which
+        an engine that schedules requests itself does not expose."""
+        if isinstance(scale, AutoScale):
+            raise RequestError(
+                400,
+                f'matryoshka_vis_token_scale="auto" (the adaptive budget) needs our own engine (--backend hf); this '
+                f"worker's --backend {self.name} serves fixed budgets only: name one of {self.info()['valid_scales']}",
+                "matryoshka_vis_token_scale",
+            )
+        return self.resolve_scale(scale)
 
     async def open_stream(self, prepared: PreparedRequest) -> AnswerStream:
         self.check_room()
