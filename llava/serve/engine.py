@@ -225,7 +225,9 @@ class CheckpointRules:
         return self.model.num_visual_tokens(scale, image_size=image_size)
 
     def info(self) -> dict[str, Any]:
-        """What clients need to offer a budget choice: grid, valid and trained scales, the default."""
+        """What clients need to offer a budget choice: grid, valid and trained scales, the default, and the
+        policy `auto` stands for (`calibrated` false: the default ladder with an uncalibrated threshold)."""
+        policy = self.scale_policy or default_policy(self.model)
         return {
             "grid_side": self.grid_side,
             "valid_scales": self.valid_scales,
@@ -234,6 +236,7 @@ class CheckpointRules:
             "anyres": self.is_anyres,
             "context_length": self.context_len,
             "conv_template": self.conv_mode,
+            "auto": {**policy.to_dict(), "calibrated": self.scale_policy is not None, "describe": policy.describe()},
         }
 
     def plan(

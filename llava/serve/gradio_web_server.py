@@ -4,7 +4,8 @@
 
 The budget control offers the five trained M3 scales (1/9/36/144/576) and shows the visual tokens the
 choice implies for the current image (per crop and in total for anyres checkpoints), as the model's
-worker counts them. Answers stream in; regenerate, clear, temperature, top-p and max tokens are there,
+worker counts them; "auto" lets the worker's calibrated policy pick the budget per answer, and the
+status line under the answer says which budget answered and how many visual tokens it read. Answers stream in; regenerate, clear, temperature, top-p and max tokens are there,
 and example images come from the project's `images/` folder. A controller or worker that is down,
 refuses a request or answers nonsense shows as a message in the chat, never as a traceback or a
 stuck page. Works with Gradio 5 and 6.
@@ -27,6 +28,7 @@ from PIL import Image
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import Conversation, get_conv_template, process_image, select_conv_mode, template_stop
+from llava.scale_policy import AUTO
 from llava.serve.args import DEFAULT_EXAMPLES_DIR
 from llava.serve.args import parse_web_args as parse_args
 
@@ -38,6 +40,7 @@ MAX_INPUT_CHARS = 1536
 # The five budgets M3 is trained on (llava.model.matryoshka.TRAINED_SCALES, not imported: it would pull
 # torch and transformers into a process that only draws the page).
 BUDGETS = (1, 9, 36, 144, 576)
+AUTO_BUDGET = str(AUTO)
 
 
 class ControllerClient:
@@ -123,9 +126,25 @@ def _error_chunk(body: bytes, status: int) -> dict[str, Any]:
     return {"text": body.decode(errors="replace")[:500], "error_code": status}
 
 
-def budget_choices(scales: Sequence[int] = BUDGETS) -> list[tuple[str, int]]:
-    """Radio choices "9 (3×3)": the budget and the token grid it pools each crop to."""
-    return [(f"{s} ({round(s**0.5)}×{round(s**0.5)})", s) for s in sorted(scales)]
+def budget_choices(scales: Sequence[int] = BUDGETS) -> list[tuple[str, int | str]]:
+    """Radio choices "9 (3×3)": the budget and the token grid it pools each crop to; then "auto"."""
+    return [*((f"{s} ({round(s**0.5)}×{round(s**0.5)})", s) for s in sorted(scales)), (AUTO_BUDGET, AUTO_BUDGET)]
+
+
+def request_budget(choice: int | str) -> int | str:
+    """The radio's value as the worker takes it: an int, or "auto"."""
+    return AUTO_BUDGET if choice == AUTO_BUDGET else int(choice)
+
+
+def auto_text(policy: Any) -> str:
+    """The budget line for "auto", from the `auto` block of the worker's status (None: the worker cannot)."""
+    if policy is None:
+        return "**auto is not available on this model's worker** (its engine serves fixed budgets): pick a budget"
+    text = "**auto**: the model answers with the smallest budget it is sure of"
+    if isinstance(policy, dict) and isinstance(policy.get("describe"), str):
+        calibrated = "calibrated" if policy.get("calibrated") else "uncalibrated"
+        text += f", trying {policy['describe']} ({calibrated} thresholds of the first answer token's probability)"
+    return text
 
 
 def budget_text(scale: int, counted: dict[str, Any] | None, has_image: bool) -> str:
@@ -154,14 +173,15 @@ def _no_worker(model: str | None) -> tuple[str, str]:
 
 
 def _usage_text(usage: Any) -> str:
-    """The status line of a finished answer, from the worker's `usage` ("" when it sent none)."""
+    """The status line of a finished answer, from the worker's `usage` ("" when it sent none): the budget that
+    answered and its visual tokens, and for "auto" what the budgets tried before it read too."""
     if not isinstance(usage, dict):
         return ""
     try:
-        return (
-            f"{usage['visual_tokens']} visual tokens at budget {usage['matryoshka_vis_token_scale']}, "
-            f"{usage['prompt_tokens']} prompt tokens, {usage['completion_tokens']} new tokens"
-        )
+        used = f"{usage['visual_tokens']} visual tokens at budget {usage['matryoshka_vis_token_scale_used']}"
+        if usage["matryoshka_vis_token_scale"] == AUTO_BUDGET:
+            used += f" (chosen by auto; {usage['visual_tokens_processed']} read over the budgets tried)"
+        return f"{used}, {usage['prompt_tokens']} prompt tokens, {usage['completion_tokens']} new tokens"
     except KeyError:
         return ""
 
@@ -192,12 +212,19 @@ class WebDemo:
         return gr.update(choices=models, value=models[0] if models else None)
 
     def update_budget(
-        self, model: str | None, scale: int, image: Image.Image | None, mode: str, state: Conversation | None = None
+        self,
+        model: str | None,
+        scale: int | str,
+        image: Image.Image | None,
+        mode: str,
+        state: Conversation | None = None,
     ) -> str:
         if image is None and state is not None and state.get_images(return_pil=True):
             image, mode = state.get_images(return_pil=True)[0], "Default"  # the image already in the chat
         counted = None
         address = self.client.worker_address(model) if model else ""
+        if scale == AUTO_BUDGET:
+            return auto_text(self.client.worker_info(address).get(AUTO_BUDGET, {}) if address else {})
         if address:
             size = process_image(image, mode, return_pil=True).size if image is not None else None
             counted = self.client.visual_tokens(address, int(scale), size)
@@ -227,7 +254,7 @@ class WebDemo:
         self,
         state: Conversation | None,
         model: str | None,
-        scale: int,
+        scale: int | str,
         temperature: float,
         top_p: float,
         max_new_tokens: int,
@@ -251,7 +278,7 @@ class WebDemo:
             "max_new_tokens": int(max_new_tokens),
             "stop": template_stop(state),
             "images": state.get_images(return_pil=False),
-            "matryoshka_vis_token_scale": int(scale),
+            "matryoshka_vis_token_scale": request_budget(scale),
         }
         state.messages[-1][-1] = CURSOR
         yield state, chatbot_messages(state), ""

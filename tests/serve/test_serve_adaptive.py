@@ -166,3 +166,16 @@ def test_what_an_image_costs_needs_a_fixed_budget(policy_workers: dict[str, str]
     response = httpx.post(route, json={"matryoshka_vis_token_scale": "auto"}, timeout=60)
     assert response.status_code == 400 and "one integer visual-token budget" in response.json()["text"]
     assert httpx.post(route, json={"matryoshka_vis_token_scale": 9}, timeout=60).json()["visual_tokens"] == 9
+
+
+def test_the_status_says_what_auto_stands_for(policy_workers: dict[str, str], worker: BackgroundServer) -> None:
+    calibrated = httpx.post(f"{policy_workers['high']}/worker_get_status").json()["matryoshka"]["auto"]
+    assert calibrated == {
+        "ladder": list(LADDER),
+        "thresholds": [1.0, 1.0, 1.0],
+        "signal": "p_first",
+        "calibrated": True,
+        "describe": "1 (>1) -> 9 (>1) -> 576",
+    }
+    default = httpx.post(f"{worker.url}/worker_get_status").json()["matryoshka"]["auto"]  # no policy file
+    assert default["calibrated"] is False and default["ladder"] == [1, 9, 36, 144, 576]

@@ -126,6 +126,7 @@ def test_an_engine_that_ignores_budgets_serves_the_full_budget_only(stack: dict[
     assert status["backend"] == "openai" and status["engine_serves_budgets"] is False
     assert status["engine_url"] == f"{stack['engine']}/v1" and status["engine_model"] == "llava-v1.5-tiny-m3"
     assert status["matryoshka"]["valid_scales"] == [576] and status["matryoshka"]["default_scale"] == 576
+    assert status["matryoshka"]["auto"] is None  # no adaptive budget behind a remote engine
     code, refusal = generate(stack["controller"], "tiny-openai", 9)
     assert code == 400 and "does not take M3 budgets); valid values: [576]" in refusal["text"]
     visual = httpx.post(f"{stack['openai']}/worker_visual_tokens", json={"matryoshka_vis_token_scale": 9})

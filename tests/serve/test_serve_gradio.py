@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from llava.data import shapes
+from llava.scale_policy import ScalePolicy
 from llava.serve import gradio_web_server as web
 from llava.serve.http import BackgroundServer, find_free_port
 
@@ -126,9 +129,27 @@ def test_the_demo_answers_with_the_shipped_shapes_model(tmp_path: Path) -> None:
             states = list(demo.http_bot(state, SHAPES_MODEL.name, scale, 0.0, 1.0, 4))
             assert last_answer(states) == gold[question], (scale, last_answer(states))
             assert states[-1][2].startswith(f"{scale} visual tokens at budget {scale}")
+        check_auto_in_the_demo(demo, question, image)
     finally:
         worker.stop()
         controller.stop()
+
+
+def check_auto_in_the_demo(demo: web.WebDemo, question: str, image: Image.Image) -> None:
+    """ "auto" in the budget control: the line under it shows the calibrated policy, and the status line the
+    budget that answered, whose fixed answer is the same."""
+    policy = json.loads((SHAPES_MODEL / "matryoshka_policy.json").read_text())["policy"]
+    line = demo.update_budget(SHAPES_MODEL.name, "auto", image, "Default")
+    assert line.startswith("**auto**") and f"trying {ScalePolicy.from_dict(policy).describe()} (calibrated" in line
+    state, *_ = demo.add_text(None, question, image, "Default")
+    auto = list(demo.http_bot(state, SHAPES_MODEL.name, "auto", 0.0, 1.0, 4))
+    status = re.fullmatch(r"(\d+) visual tokens at budget (\d+) \(chosen by auto; (\d+) read over .*", auto[-1][2])
+    assert status is not None, auto[-1][2]
+    visual, used, read = map(int, status.groups())
+    assert visual == used and used in policy["ladder"] and read >= visual
+    state, *_ = demo.add_text(None, question, image, "Default")
+    fixed = list(demo.http_bot(state, SHAPES_MODEL.name, used, 0.0, 1.0, 4))
+    assert last_answer(auto) == last_answer(fixed)
 
 
 @pytest.mark.slow

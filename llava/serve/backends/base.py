@@ -207,6 +207,9 @@ class EngineBackend(ServingBackend):
     def queue_length(self) -> int:
         return len(self._open)
 
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "auto": None}  # see resolve_budget
+
     def resolve_budget(self, scale: int | AutoScale | None) -> int:
         """Fixed budgets only: the adaptive policy walks budgets inside our own engine's generate loop, which
         an engine that schedules requests itself does not expose."""

@@ -130,7 +130,7 @@ class OpenAIBackend(EngineBackend):
         return resolved
 
     def info(self) -> dict[str, Any]:
-        info = self.rules.info()
+        info = super().info()
         if not self.serves_budgets:
             info.update(valid_scales=[self.full_scale], trained_scales=[self.full_scale], default_scale=self.full_scale)
         return info
