@@ -10,6 +10,10 @@ Routes (bodies in protocol.py):
                                     "finish_reason" and "usage" (`answer_usage`: tokens, the budget used).
                                     Bad input is answered before streaming with its HTTP status and
                                     {"text": message, "error_code": status}.
+    POST /worker_compare_budgets   the same prompt fields and "matryoshka_vis_token_scales": [1, 9, ...] (default:
+                                    the trained budgets) → {"encode_seconds", "answers": [{"matryoshka_vis_token_scale",
+                                    "text", "seconds", "visual_tokens", "prompt_tokens", "p_first", "pictures"}]}:
+                                    every budget from one tower pass, with what each sees (PNG data URLs)
     POST /worker_get_status        {"model_names", "speed", "queue_length", "matryoshka": {...}}
     POST /worker_visual_tokens     {"matryoshka_vis_token_scale", "image_size": [w, h]?} → {"visual_tokens"}
     GET  /v1/models, POST /v1/chat/completions   the OpenAI-compatible API (see openai_api.py)
@@ -38,10 +42,11 @@ from llava.generation import SamplingParams
 from llava.serve.args import parse_worker_args as parse_args
 from llava.serve.backends import backend_from_args
 from llava.serve.backends.base import AnswerStream, ServingBackend
-from llava.serve.engine import PreparedRequest, answer_usage
+from llava.serve.engine import BudgetComparison, PreparedRequest, answer_usage
 from llava.serve.http import RequestError, create_json_app, guarded_stream, run_server
+from llava.serve.media import png_data_url
 from llava.serve.openai_api import create_openai_router
-from llava.serve.protocol import VisualTokensParams, WorkerGenerateParams, request_budget
+from llava.serve.protocol import CompareBudgetsParams, VisualTokensParams, WorkerGenerateParams, request_budget
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +141,23 @@ async def _chunks(stream: AnswerStream, prompt: str, prepared: PreparedRequest) 
         yield _chunk(message)
 
 
+def _comparison_body(comparison: BudgetComparison) -> dict[str, Any]:
+    """`/worker_compare_budgets`' answer: per budget its answer, time, tokens and pictures (PNG data URLs)."""
+    answers = [
+        {
+            "matryoshka_vis_token_scale": answer.scale,
+            "text": answer.text,
+            "seconds": round(answer.seconds, 4),
+            "visual_tokens": answer.visual_tokens,
+            "prompt_tokens": answer.prompt_tokens,
+            "p_first": round(answer.p_first, 6),
+            "pictures": [png_data_url(picture) for picture in answer.pictures],
+        }
+        for answer in comparison.answers
+    ]
+    return {"encode_seconds": round(comparison.encode_seconds, 4), "answers": answers}
+
+
 def create_app(service: ServingBackend, link: ControllerLink | None = None, api_key: str | None = None) -> FastAPI:
     """The worker's FastAPI app over any serving backend; its lifespan starts and stops the backend and the
     heartbeats."""
@@ -170,6 +192,17 @@ def create_app(service: ServingBackend, link: ControllerLink | None = None, api_
 
         body = guarded_stream(_chunks(stream, params.prompt, prepared), "/worker_generate_stream", _chunk)
         return StreamingResponse(body, media_type="application/octet-stream")
+
+    @app.post("/worker_compare_budgets")
+    async def worker_compare_budgets(params: CompareBudgetsParams) -> dict[str, Any]:
+        """One prompt answered at several budgets from one tower pass, with the picture of what each sees."""
+        if params.model is not None and params.model != service.model_name:
+            raise RequestError(404, f"this worker serves {service.model_name!r}, not {params.model!r}", "model")
+        sampling = SamplingParams(params.temperature, params.top_p, params.max_new_tokens, params.stop_strings)
+        comparison = await service.compare_budgets(
+            params.prompt, params.images or [], params.matryoshka_vis_token_scales, sampling
+        )
+        return _comparison_body(comparison)
 
     @app.post("/worker_get_status")
     async def worker_get_status() -> dict[str, Any]:

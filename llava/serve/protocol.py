@@ -21,6 +21,8 @@ MAX_SCALE = 1 << 16
 """Largest `matryoshka_vis_token_scale` a request may name (a 256×256 grid); each model lists its valid ones."""
 MAX_TOKENS = 1 << 20
 """Largest token count a request may ask for; each server cuts it to its own limit and context."""
+MAX_COMPARED_SCALES = 8
+"""Most budgets one `/worker_compare_budgets` request may name: every valid one of a 24×24 grid."""
 MAX_QUEUE_LENGTH = 1 << 20
 MAX_IMAGE_SIDE = 1 << 20
 
@@ -106,8 +108,8 @@ WorkerAddress = Annotated[
 """The URL the controller reaches a worker at; it is also the worker's name."""
 
 
-class WorkerGenerateParams(RequestModel):
-    """The body of a worker's `/worker_generate_stream`."""
+class PromptParams(RequestModel):
+    """What the worker's generation routes share: a prompt in the model's template, its images, sampling."""
 
     model: ModelName | None = None
     prompt: Text
@@ -117,11 +119,23 @@ class WorkerGenerateParams(RequestModel):
     top_p: TopP = 1.0
     max_new_tokens: int = Field(256, ge=1, le=MAX_TOKENS)
     stop: Text | list[Text] | None = None
-    matryoshka_vis_token_scale: Budget | None = None
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+class WorkerGenerateParams(PromptParams):
+    """The body of a worker's `/worker_generate_stream`."""
+
+    matryoshka_vis_token_scale: Budget | None = None
+
+
+class CompareBudgetsParams(PromptParams):
+    """The body of a worker's `/worker_compare_budgets`: one prompt answered at several budgets."""
+
+    matryoshka_vis_token_scales: list[Scale] | None = Field(None, min_length=1, max_length=MAX_COMPARED_SCALES)
+    """The budgets to answer at (each once, in increasing order); None: those the checkpoint was trained on."""
 
 
 class ControllerGenerateParams(WorkerGenerateParams):

@@ -8,6 +8,7 @@ thresholds fix the rung (0: the lowest answers, 1: the highest), which pins the 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import shutil
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from PIL import Image
 from serve_helpers import png_b64, start_worker
 
 from llava.data import shapes
@@ -179,3 +181,59 @@ def test_the_status_says_what_auto_stands_for(policy_workers: dict[str, str], wo
     }
     default = httpx.post(f"{worker.url}/worker_get_status").json()["matryoshka"]["auto"]  # no policy file
     assert default["calibrated"] is False and default["ladder"] == [1, 9, 36, 144, 576]
+
+
+# -- every budget side by side: /worker_compare_budgets ---------------------------------------------------------
+
+
+def test_comparing_budgets_gives_each_fixed_answer_and_picture(policy_workers: dict[str, str]) -> None:
+    url = policy_workers["low"]
+    prompt = build_prompt("llava_v1", QUESTION, 1)
+    image = png_b64((60, 40), (200, 40, 40))
+    body = {"prompt": prompt, "images": [image], "temperature": 0, "max_new_tokens": 6}
+    response = httpx.post(f"{url}/worker_compare_budgets", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    compared = response.json()
+    assert compared["encode_seconds"] > 0
+    scales = [answer["matryoshka_vis_token_scale"] for answer in compared["answers"]]
+    assert scales == [1, 9, 36, 144, 576]  # the trained budgets, smallest first
+    for answer in compared["answers"]:
+        fixed = worker_answer(url, prompt, [image], answer["matryoshka_vis_token_scale"])
+        assert answer["text"] == fixed["answer"]
+        assert answer["visual_tokens"] == fixed["usage"]["visual_tokens"]
+        assert answer["prompt_tokens"] == fixed["usage"]["prompt_tokens"]
+        assert answer["seconds"] > 0 and 0 < answer["p_first"] <= 1
+        (picture,) = answer["pictures"]
+        assert picture.startswith("data:image/png;base64,")
+        colours = Image.open(io.BytesIO(base64.b64decode(picture.split(",", 1)[1]))).getcolors(1 << 20)
+        # The image padded to a square shows as sqrt(budget)^2 blocks: no more colours than blocks.
+        assert colours is not None and 1 <= len(colours) <= answer["matryoshka_vis_token_scale"]
+    assert len(Image.open(io.BytesIO(base64.b64decode(compared["answers"][-1]["pictures"][0][22:]))).getcolors()) > 2
+
+    chosen = {**body, "matryoshka_vis_token_scales": [36, 1, 36]}
+    answers = httpx.post(f"{url}/worker_compare_budgets", json=chosen, timeout=120).json()["answers"]
+    assert [a["matryoshka_vis_token_scale"] for a in answers] == [1, 36]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"matryoshka_vis_token_scales": [10]}, "valid values: [1, 4, 9, 16, 36, 64, 144, 576]"),
+        ({"matryoshka_vis_token_scales": []}, "matryoshka_vis_token_scales: List should have at least 1 item"),
+        (
+            {"matryoshka_vis_token_scales": list(range(1, 10))},
+            "matryoshka_vis_token_scales: List should have at most 8",
+        ),
+        ({"matryoshka_vis_token_scales": ["auto"]}, "matryoshka_vis_token_scales.0: must be one integer"),
+        ({"matryoshka_vis_token_scales": 9}, "matryoshka_vis_token_scales: Input should be a valid list"),
+        ({"images": []}, "1 <image> placeholder(s) but 0 image(s)"),
+        ({"images": ["not base64"]}, "image is neither base64 data nor a data: URL"),
+        ({"max_new_tokens": 0}, "max_new_tokens: Input should be greater than or equal to 1"),
+        ({"prompt": None}, "prompt: Input should be a valid string"),
+        ({"model": "another-model"}, "this worker serves"),
+    ],
+)
+def test_a_bad_comparison_is_a_4xx_that_says_why(policy_workers: dict[str, str], change: dict, expected: str) -> None:
+    body = {"prompt": build_prompt("llava_v1", QUESTION, 1), "images": [png_b64()], "max_new_tokens": 2, **change}
+    response = httpx.post(f"{policy_workers['low']}/worker_compare_budgets", json=body, timeout=60)
+    assert response.status_code in (400, 404) and expected in response.json()["text"], response.text

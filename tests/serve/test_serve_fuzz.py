@@ -140,7 +140,13 @@ def test_fuzzing_the_worker_never_gets_a_server_error(fuzz_worker: BackgroundSer
     fuzz(fuzz_worker)
     chat = {"model": tiny_llava_pad.name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     fuzz_fields(
-        fuzz_worker, {"/worker_generate_stream": GENERATE, "/worker_visual_tokens": {}, "/v1/chat/completions": chat}
+        fuzz_worker,
+        {
+            "/worker_generate_stream": GENERATE,
+            "/worker_compare_budgets": {**GENERATE, "matryoshka_vis_token_scales": [1, 9]},
+            "/worker_visual_tokens": {},
+            "/v1/chat/completions": chat,
+        },
     )
     answer = generate(fuzz_worker.url)
     assert answer.status_code == 200 and b'"finish_reason": "length"' in answer.content

@@ -33,7 +33,7 @@ from transformers import GenerationConfig
 from llava.generation import SamplingParams
 from llava.mm_utils import processor_crop_size
 from llava.scale_policy import AutoScale, ScalePolicy
-from llava.serve.engine import CheckpointRules, GenerationChunk, PreparedRequest
+from llava.serve.engine import BudgetComparison, CheckpointRules, GenerationChunk, PreparedRequest
 from llava.serve.http import MIB, RequestError
 from llava.serve.media import ImageLayout, ImagePolicy, VideoPolicy, decode_image
 
@@ -107,19 +107,34 @@ class ServingBackend(ABC):
         self, prompt: str, image_payloads: Sequence[str], scale: int | AutoScale | None, sampling: SamplingParams
     ) -> PreparedRequest:
         """Decode the images and validate the request off the event loop; raises `RequestError`."""
-        if len(image_payloads) > self.rules.max_images:
-            raise RequestError(
-                400,
-                f"{len(image_payloads)} images in one request; this server accepts at most {self.rules.max_images}",
-            )
+        self._check_image_count(image_payloads)
         return await asyncio.to_thread(self._prepare, prompt, list(image_payloads), scale, sampling)
+
+    def _check_image_count(self, payloads: Sequence[str]) -> None:
+        if len(payloads) > self.rules.max_images:
+            raise RequestError(
+                400, f"{len(payloads)} images in one request; this server accepts at most {self.rules.max_images}"
+            )
 
     def _prepare(
         self, prompt: str, payloads: list[str], scale: int | AutoScale | None, sampling: SamplingParams
     ) -> PreparedRequest:
         budget = self.resolve_budget(scale)  # a bad budget is reported before any image is decoded
-        images = [decode_image(payload, self.limits.image, self.image_layout) for payload in payloads]
-        return self.build_request(prompt, images, budget, sampling)
+        return self.build_request(prompt, self._decode(payloads), budget, sampling)
+
+    def _decode(self, payloads: Sequence[str]) -> list[Image.Image]:
+        return [decode_image(payload, self.limits.image, self.image_layout) for payload in payloads]
+
+    async def compare_budgets(
+        self, prompt: str, image_payloads: Sequence[str], scales: Sequence[int] | None, sampling: SamplingParams
+    ) -> BudgetComparison:
+        """One prompt answered at each budget of `scales` (None: the trained ones) from one tower pass, with the
+        picture of what each sees; raises `RequestError` for what `prepare` refuses. Our own engine only."""
+        raise RequestError(
+            400,
+            f"comparing budgets needs our own engine (--backend hf), which answers every budget from one pass of "
+            f"the vision tower; this worker's --backend {self.name} answers one budget per request",
+        )
 
     def build_request(
         self, prompt: str, images: list[Image.Image], scale: int | ScalePolicy, sampling: SamplingParams

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import io
 import json
 import logging
 import time
@@ -41,6 +39,7 @@ from llava.serve.backends.base import EngineBackend, ServiceLimits, limits_from_
 from llava.serve.backends.base import rules_kwargs_from_args as rules_kwargs
 from llava.serve.engine import CheckpointRules, GenerationChunk, PreparedRequest
 from llava.serve.http import RequestError
+from llava.serve.media import png_data_url
 
 logger = logging.getLogger(__name__)
 
@@ -253,12 +252,6 @@ def engine_refusal(status: int, raw: bytes, url: str) -> RequestError:
     if status in (429, 503):
         return RequestError(503, f"the engine at {url} is busy: {message}")
     return RequestError(502, f"the engine at {url} answered HTTP {status}: {message}")
-
-
-def png_data_url(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 # -- a worker-protocol prompt → chat messages ----------------------------------------------------------------
