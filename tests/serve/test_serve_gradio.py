@@ -8,8 +8,9 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -68,6 +69,29 @@ def test_handlers_stream_an_answer_at_the_chosen_budget(stack, tiny_llava_pad: P
     state, _, _ = demo.regenerate(states[-1][0])
     again = list(demo.http_bot(state, model, 9, 0.0, 1.0, 6))
     assert last_answer(again) == last_answer(states)  # greedy: the same answer again
+
+
+def test_the_compare_view_answers_at_every_budget_as_the_chat_does(stack, tiny_llava_pad: Path) -> None:
+    controller, _ = stack
+    demo = web.WebDemo(web.ControllerClient(controller.url), examples_dir=None)
+    model, image, question = tiny_llava_pad.name, Image.new("RGB", (80, 60), (0, 90, 200)), "What is in the image?"
+    status, *cells = demo.compare(model, image, question, 6)
+    pictures, answers = cells[: len(web.BUDGETS)], cells[len(web.BUDGETS) :]
+    assert status.startswith("Every budget from one pass of the vision tower (")
+    side = 48 * 7  # the tiny tower's input (the image padded to a square), enlarged for the page
+    assert all(isinstance(picture, Image.Image) and picture.size == (side, side) for picture in pictures)
+    for scale, picture in zip(web.BUDGETS, pictures):
+        assert len(picture.getcolors(1 << 20)) <= max(scale, 2)  # blocks of one colour (pad and image)
+    for scale, answer in zip(web.BUDGETS, answers):
+        assert answer.startswith(f"**{scale} visual tokens per image** ({scale} in all) · ")
+    for scale, answer in [(9, answers[1]), (576, answers[4])]:
+        state, *_ = demo.add_text(None, question, image, "Default")
+        chat = last_answer(list(demo.http_bot(state, model, scale, 0.0, 1.0, 6)))
+        assert answer.split("\n\n", 1)[1] == chat
+
+    empty = (*[None] * len(web.BUDGETS), *[""] * len(web.BUDGETS))
+    assert demo.compare(model, None, question, 6) == ("**Upload an image to compare the budgets.**", *empty)
+    assert demo.compare("no-such-model", image, question, 6)[0].startswith("**No worker is serving no-such-model")
 
 
 def test_a_refused_request_shows_the_workers_message(stack, tiny_llava_pad: Path) -> None:
@@ -152,8 +176,9 @@ def check_auto_in_the_demo(demo: web.WebDemo, question: str, image: Image.Image)
     assert last_answer(auto) == last_answer(fixed)
 
 
-@pytest.mark.slow
-def test_the_page_in_headless_chromium(stack, tiny_llava_pad: Path) -> None:
+def in_headless_chromium(controller_url: str, drive: Callable[[Any, str], None], screenshot: str) -> None:
+    """Serve the demo on a free port and run `drive(page, url)` in headless Chromium; a failure leaves a
+    screenshot in test-artifacts/."""
     # CI sets M3_REQUIRE_BROWSER=1 so a missing browser fails the run instead of hiding the test.
     if os.environ.get("M3_REQUIRE_BROWSER") == "1":
         from playwright import sync_api
@@ -163,9 +188,8 @@ def test_the_page_in_headless_chromium(stack, tiny_llava_pad: Path) -> None:
         sync_api = pytest.importorskip("playwright.sync_api")
         if not os.path.exists(CHROMIUM) or shutil.which(CHROMIUM) is None:
             pytest.skip(f"{CHROMIUM} is missing: run scripts/ensure_chromium.sh")
-    controller, _ = stack
     port = find_free_port()
-    demo = web.build_demo(web.parse_args(["--controller-url", controller.url]))
+    demo = web.build_demo(web.parse_args(["--controller-url", controller_url]))
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
     try:
         with sync_api.sync_playwright() as playwright:
@@ -173,15 +197,56 @@ def test_the_page_in_headless_chromium(stack, tiny_llava_pad: Path) -> None:
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 900})
                 try:
-                    drive_the_page(page, f"http://127.0.0.1:{port}/", tiny_llava_pad.name)
+                    drive(page, f"http://127.0.0.1:{port}/")
                 except Exception:
                     ARTIFACTS.mkdir(exist_ok=True)
-                    page.screenshot(path=str(ARTIFACTS / "gradio_chat_failure.png"), full_page=True)
+                    page.screenshot(path=str(ARTIFACTS / f"{screenshot}_failure.png"), full_page=True)
                     raise
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / f"{screenshot}.png"), full_page=True)
             finally:
                 browser.close()
     finally:
         demo.close()
+
+
+@pytest.mark.slow
+def test_the_page_in_headless_chromium(stack, tiny_llava_pad: Path) -> None:
+    controller, _ = stack
+    in_headless_chromium(
+        controller.url, lambda page, url: drive_the_page(page, url, tiny_llava_pad.name), "gradio_chat"
+    )
+
+
+@pytest.mark.slow
+def test_the_compare_view_in_headless_chromium(stack, tiny_llava_pad: Path) -> None:
+    controller, _ = stack
+    in_headless_chromium(
+        controller.url, lambda page, url: drive_the_compare_view(page, url, tiny_llava_pad.name), "gradio_compare"
+    )
+
+
+def drive_the_compare_view(page, url: str, model: str) -> None:
+    """Pick the model, open the compare tab, upload an image, ask, and wait for an answer and a picture per budget."""
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.locator("#model_selector input").click()
+    page.get_by_role("option", name=model).click()
+    page.get_by_role("tab", name="Compare budgets").click()
+    page.locator("#compare_image input[type=file]").set_input_files(str(REPO / "images" / "shapes.png"))
+    page.locator("#compare_question textarea").fill("What is in the image?")
+    page.locator("#compare_run").click()
+    page.wait_for_function(
+        "document.querySelector('#compare_status').innerText.includes('one pass of the vision tower')"
+    )
+    for scale in web.BUDGETS:
+        answer = page.locator(f"#compare_answer_{scale}")
+        assert answer.inner_text().startswith(f"{scale} visual tokens per image ({scale} in all)"), scale
+        assert "ms" in answer.inner_text()
+        picture = page.locator(f"#compare_picture_{scale} img")
+        picture.wait_for()
+        assert picture.evaluate("img => img.complete && img.naturalWidth") == 48 * 7  # the tiny tower's side, enlarged
+    assert page.locator("[id^=compare_answer_]").count() == page.locator(".compare_picture img").count() == 5
 
 
 def drive_the_page(page, url: str, model: str) -> None:
@@ -207,8 +272,6 @@ def drive_the_page(page, url: str, model: str) -> None:
     status = page.locator("#status").inner_text()
     assert "9 visual tokens at budget 9" in status and "24 new tokens" in status
     assert page.locator("#chatbot [data-testid=user] img").count() == 1  # the uploaded image is in the chat
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "gradio_chat.png"), full_page=True)
 
 
 def set_number(field, value: str) -> None:
@@ -266,5 +329,7 @@ def test_backends_that_answer_nonsense_show_as_messages() -> None:
         for model in ("garbled", "crashing"):
             state, *_ = demo.add_text(None, "hi", None, "Default")
             answers[model] = last_answer(list(demo.http_bot(state, model, 9, 0.0, 1.0, 4)))
+        status, *cells = demo.compare("garbled", image, "hi", 4)
     assert answers["garbled"] == "**Error 502:** the worker sent a chunk the demo cannot read"
     assert answers["crashing"] == "**Error 500:** Internal Server Error"
+    assert status == "**Error 502: <html>a proxy's error page</html>**" and not any(cells)
