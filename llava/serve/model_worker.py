@@ -46,7 +46,13 @@ from llava.serve.engine import BudgetComparison, PreparedRequest, answer_usage
 from llava.serve.http import RequestError, create_json_app, guarded_stream, run_server
 from llava.serve.media import png_data_url
 from llava.serve.openai_api import create_openai_router
-from llava.serve.protocol import CompareBudgetsParams, VisualTokensParams, WorkerGenerateParams, request_budget
+from llava.serve.protocol import (
+    CompareBudgetsParams,
+    PromptParams,
+    VisualTokensParams,
+    WorkerGenerateParams,
+    request_budget,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -183,9 +189,7 @@ def create_app(service: ServingBackend, link: ControllerLink | None = None, api_
     async def worker_generate_stream(params: WorkerGenerateParams) -> StreamingResponse:
         """Generate an answer, streamed as NUL-delimited JSON chunks (bad input: a JSON error before any chunk)."""
         with service.admission():
-            if params.model is not None and params.model != service.model_name:
-                raise RequestError(404, f"this worker serves {service.model_name!r}, not {params.model!r}", "model")
-            sampling = SamplingParams(params.temperature, params.top_p, params.max_new_tokens, params.stop_strings)
+            sampling = _sampling(service, params)
             budget = request_budget(params.matryoshka_vis_token_scale)
             prepared = await service.prepare(params.prompt, params.images or [], budget, sampling)
             stream = await service.open_stream(prepared)
@@ -193,20 +197,24 @@ def create_app(service: ServingBackend, link: ControllerLink | None = None, api_
         body = guarded_stream(_chunks(stream, params.prompt, prepared), "/worker_generate_stream", _chunk)
         return StreamingResponse(body, media_type="application/octet-stream")
 
-    @app.post("/worker_compare_budgets")
-    async def worker_compare_budgets(params: CompareBudgetsParams) -> dict[str, Any]:
-        """One prompt answered at several budgets from one tower pass, with the picture of what each sees."""
-        if params.model is not None and params.model != service.model_name:
-            raise RequestError(404, f"this worker serves {service.model_name!r}, not {params.model!r}", "model")
-        sampling = SamplingParams(params.temperature, params.top_p, params.max_new_tokens, params.stop_strings)
-        comparison = await service.compare_budgets(
-            params.prompt, params.images or [], params.matryoshka_vis_token_scales, sampling
-        )
-        return _comparison_body(comparison)
-
     @app.post("/worker_get_status")
     async def worker_get_status() -> dict[str, Any]:
         return service.status()
+
+    _add_budget_routes(app, service)
+    app.include_router(create_openai_router(service, api_key=api_key))
+    return app
+
+
+def _sampling(service: ServingBackend, params: PromptParams) -> SamplingParams:
+    """A generation request's sampling settings, once it is known to be for this worker's model (else 404)."""
+    if params.model is not None and params.model != service.model_name:
+        raise RequestError(404, f"this worker serves {service.model_name!r}, not {params.model!r}", "model")
+    return SamplingParams(params.temperature, params.top_p, params.max_new_tokens, params.stop_strings)
+
+
+def _add_budget_routes(app: FastAPI, service: ServingBackend) -> None:
+    """The routes about budgets: what an image costs at one, and one prompt answered at several."""
 
     @app.post("/worker_visual_tokens")
     async def worker_visual_tokens(params: VisualTokensParams) -> dict[str, Any]:
@@ -220,8 +228,14 @@ def create_app(service: ServingBackend, link: ControllerLink | None = None, api_
             "anyres": service.rules.is_anyres,
         }
 
-    app.include_router(create_openai_router(service, api_key=api_key))
-    return app
+    @app.post("/worker_compare_budgets")
+    async def worker_compare_budgets(params: CompareBudgetsParams) -> dict[str, Any]:
+        """One prompt answered at several budgets from one tower pass, with the picture of what each sees."""
+        sampling = _sampling(service, params)
+        comparison = await service.compare_budgets(
+            params.prompt, params.images or [], params.matryoshka_vis_token_scales, sampling
+        )
+        return _comparison_body(comparison)
 
 
 def build_app(args: argparse.Namespace) -> FastAPI:
