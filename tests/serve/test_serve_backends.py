@@ -132,7 +132,7 @@ def test_an_engine_that_ignores_budgets_serves_the_full_budget_only(stack: dict[
     visual = httpx.post(f"{stack['openai']}/worker_visual_tokens", json={"matryoshka_vis_token_scale": 9})
     assert visual.status_code == 400
     code, refusal = generate(stack["controller"], "tiny-openai", "auto")  # the policy needs our own engine
-    assert code == 400 and "needs our own engine (--backend hf)" in refusal["text"]
+    assert code == 400 and "(--backend hf or vllm)" in refusal["text"]
     body = {"prompt": build_prompt(CONV, QUESTION, 1), "images": [png_b64()], "max_new_tokens": 2}
     compared = httpx.post(f"{stack['openai']}/worker_compare_budgets", json=body, timeout=60)
     assert compared.status_code == 400 and "needs our own engine (--backend hf)" in compared.json()["text"]

@@ -32,7 +32,7 @@ from transformers import GenerationConfig
 
 from llava.generation import SamplingParams
 from llava.mm_utils import processor_crop_size
-from llava.scale_policy import AutoScale, ScalePolicy
+from llava.scale_policy import AutoScale, ScalePolicy, load_checkpoint_policy
 from llava.serve.engine import BudgetComparison, CheckpointRules, GenerationChunk, PreparedRequest
 from llava.serve.http import MIB, RequestError
 from llava.serve.media import ImageLayout, ImagePolicy, VideoPolicy, decode_image
@@ -66,6 +66,8 @@ class ServingBackend(ABC):
 
     name: ClassVar[str]
     """The `--backend` value that selects it."""
+    runs_policies: ClassVar[bool] = True
+    """Whether it answers `"auto"`: its engine walks a policy's ladder, judging each rung's first answer token."""
 
     def __init__(self, rules: CheckpointRules, limits: ServiceLimits | None = None) -> None:
         self.rules = rules
@@ -91,15 +93,27 @@ class ServingBackend(ABC):
         return self.rules.resolve_scale(scale)
 
     def resolve_budget(self, scale: int | AutoScale | None) -> int | ScalePolicy:
-        """A generation request's budget: `resolve_scale`'s, or for `AUTO` the checkpoint's policy."""
-        return self.rules.auto_policy if isinstance(scale, AutoScale) else self.resolve_scale(scale)
+        """A generation request's budget: `resolve_scale`'s, or for `AUTO` the checkpoint's policy (a 400 where
+        the engine cannot run one)."""
+        if not isinstance(scale, AutoScale):
+            return self.resolve_scale(scale)
+        if not self.runs_policies:
+            raise RequestError(
+                400,
+                f'matryoshka_vis_token_scale="auto" (the adaptive budget) needs an engine in this worker that says how '
+                f"sure it is of each answer's first token (--backend hf or vllm); this worker's --backend "
+                f"{self.name} serves fixed budgets only: name one of {self.info()['valid_scales']}",
+                "matryoshka_vis_token_scale",
+            )
+        return self.rules.auto_policy
 
     def num_visual_tokens(self, scale: int | None, image_size: tuple[int, int] | None = None) -> int:
         return self.rules.num_visual_tokens(self.resolve_scale(scale), image_size)
 
     def info(self) -> dict[str, Any]:
-        """The `matryoshka` block of the status and of `/v1/models`: grid, valid budgets, the default, ..."""
-        return self.rules.info()
+        """The `matryoshka` block of the status and of `/v1/models`: grid, valid budgets, the default, and the
+        policy "auto" stands for (None where this backend cannot run one)."""
+        return {**self.rules.info(), **({} if self.runs_policies else {"auto": None})}
 
     # -- requests ---------------------------------------------------------------------------------------
 
@@ -222,21 +236,6 @@ class EngineBackend(ServingBackend):
     def queue_length(self) -> int:
         return len(self._open)
 
-    def info(self) -> dict[str, Any]:
-        return {**super().info(), "auto": None}  # see resolve_budget
-
-    def resolve_budget(self, scale: int | AutoScale | None) -> int:
-        """Fixed budgets only: the adaptive policy walks budgets inside our own engine's generate loop, which
-        an engine that schedules requests itself does not expose."""
-        if isinstance(scale, AutoScale):
-            raise RequestError(
-                400,
-                f'matryoshka_vis_token_scale="auto" (the adaptive budget) needs our own engine (--backend hf); this '
-                f"worker's --backend {self.name} serves fixed budgets only: name one of {self.info()['valid_scales']}",
-                "matryoshka_vis_token_scale",
-            )
-        return self.resolve_scale(scale)
-
     async def open_stream(self, prepared: PreparedRequest) -> AnswerStream:
         self.check_room()
         chunks = await self.start_answer(prepared)
@@ -279,6 +278,8 @@ def rules_from_checkpoint(
     from llava.model.builder import add_image_tokens, context_length, load_image_processor, read_checkpoint_config
     from llava.model.tokenizer import load_tokenizer
 
+    stored = load_checkpoint_policy(model_path)
+    rules_kwargs.setdefault("scale_policy", stored.policy if stored is not None else None)
     source = read_checkpoint_config(model_path)
     if not source.is_llava:
         raise ValueError(
