@@ -250,7 +250,8 @@ def drive_the_compare_view(page, url: str, model: str) -> None:
 
 
 def drive_the_page(page, url: str, model: str) -> None:
-    """Pick the model, upload an image, pick the 9-token budget, ask, and wait for the streamed answer."""
+    """Pick the model, upload an image, pick the 9-token budget, ask, and wait for the streamed answer; then
+    ask again with the budget "auto"."""
     page.set_default_timeout(60_000)
     page.goto(url)
     page.locator("#question textarea").wait_for()
@@ -272,6 +273,15 @@ def drive_the_page(page, url: str, model: str) -> None:
     status = page.locator("#status").inner_text()
     assert "9 visual tokens at budget 9" in status and "24 new tokens" in status
     assert page.locator("#chatbot [data-testid=user] img").count() == 1  # the uploaded image is in the chat
+
+    # "auto": the worker has no calibrated policy, and the random model is sure of nothing, so every rung is tried.
+    page.locator("#budget").get_by_text("auto", exact=True).click()
+    page.wait_for_function("document.querySelector('#budget_info').innerText.includes('uncalibrated thresholds')")
+    page.locator("#question textarea").fill("And now?")
+    page.locator("#send").click()
+    page.wait_for_function("document.querySelector('#status').innerText.includes('chosen by auto')")
+    status = page.locator("#status").inner_text()
+    assert status.startswith("576 visual tokens at budget 576 (chosen by auto; 766 read over the budgets tried)")
 
 
 def set_number(field, value: str) -> None:
