@@ -129,11 +129,12 @@ class VLLMBackend(EngineBackend):
     async def start_answer(self, prepared: PreparedRequest) -> AsyncGenerator[GenerationChunk, None]:
         if isinstance(prepared.scale, ScalePolicy):
             return await self._walk(prepared, prepared.scale)
-        params, first, outputs = await self._request(prepared, None, params=self.sampling_params(prepared))
+        params = self.sampling_params(prepared)
+        first, outputs = await self._request(prepared, None, params)
         return self._chunks(prepared, set(params.stop_token_ids), first, outputs)
 
-    async def _request(self, prepared: PreparedRequest, scale: int | None, params: Any) -> tuple[Any, Any, Any]:
-        """Hand the request (at `scale`, for a rung) to the engine: (params, its first output, the rest)."""
+    async def _request(self, prepared: PreparedRequest, scale: int | None, params: Any) -> tuple[Any, Any]:
+        """Hand the request (at `scale`, for a rung) to the engine: (its first output, the rest)."""
         from vllm.exceptions import VLLMValidationError
 
         prompt = self.engine_prompt(prepared, scale)
@@ -142,7 +143,7 @@ class VLLMBackend(EngineBackend):
             first = await anext(outputs)
         except VLLMValidationError as e:  # a refusal the shared checks did not foresee
             raise RequestError(400, f"the vLLM engine refused the request: {e}") from None
-        return params, first, outputs
+        return first, outputs
 
     async def _walk(self, prepared: PreparedRequest, policy: ScalePolicy) -> AsyncGenerator[GenerationChunk, None]:
         """The adaptive budget: each rung's request is the whole answer at that budget, and its first token
@@ -152,7 +153,7 @@ class VLLMBackend(EngineBackend):
         params = self.sampling_params(prepared, first_token_confidence=True)
         budget = AdaptiveAnswer()
         for rung, scale in enumerate(policy.ladder):
-            _, first, outputs = await self._request(prepared, scale, params)
+            first, outputs = await self._request(prepared, scale, params)
             budget.rungs.append(scale)
             budget.tokens.append(sum(self.rules.model.num_visual_tokens(scale, size) for size in prepared.image_sizes))
             budget.p_first.append(_first_token_confidence(first))
