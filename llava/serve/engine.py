@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,11 +34,12 @@ import torch
 from PIL import Image
 from transformers import StoppingCriteria
 
-from llava.adaptive import AdaptiveAnswer, answer_adaptive, check_policy, default_policy
+from llava.adaptive import AdaptiveAnswer, answer_adaptive, answer_every_scale, check_policy, default_policy
 from llava.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_MAX_IMAGES, DEFAULT_MAX_NEW_TOKENS_LIMIT, IMAGE_TOKEN_INDEX
 from llava.generation import Generator, PromptBatch, SamplingParams, first_stop
 from llava.model.matryoshka import TRAINED_SCALES, valid_scales
-from llava.scale_policy import AutoScale, ScalePolicy, load_checkpoint_policy
+from llava.scale_picture import scale_picture
+from llava.scale_policy import AUTO, AutoScale, ScalePolicy, load_checkpoint_policy
 from llava.serve.http import RequestError
 
 logger = logging.getLogger(__name__)
@@ -88,6 +90,34 @@ class GenerationChunk:
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+
+def requested_budget(prepared: PreparedRequest) -> int | str:
+    """The budget a request asked for, as the APIs write it: the scale, or "auto" for a policy."""
+    return str(AUTO) if isinstance(prepared.scale, ScalePolicy) else prepared.scale
+
+
+def answer_usage(prepared: PreparedRequest, final: GenerationChunk) -> dict[str, Any]:
+    """What an answer cost, as every API reports it (the worker's last chunk, OpenAI's `usage`).
+
+    `prompt_tokens` is what the language model read at the budget that answered: the text tokens plus
+    `visual_tokens` (for a policy, its answering rung's, not the largest rung's that `prepared` was budgeted
+    at); `visual_tokens_processed` adds the rungs tried before it. Engines that do not report the budget
+    used (a remote engine) answered at the request's fixed budget.
+    """
+    fixed = None if isinstance(prepared.scale, ScalePolicy) else prepared.scale
+    visual = final.visual_tokens if final.visual_tokens is not None else prepared.visual_tokens
+    processed = final.visual_tokens_processed if final.visual_tokens_processed is not None else visual
+    prompt_tokens = prepared.prompt_tokens - prepared.visual_tokens + visual
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": final.completion_tokens,
+        "total_tokens": prompt_tokens + final.completion_tokens,
+        "visual_tokens": visual,
+        "visual_tokens_processed": processed,
+        "matryoshka_vis_token_scale": requested_budget(prepared),
+        "matryoshka_vis_token_scale_used": final.scale_used if final.scale_used is not None else fixed,
+    }
 
 
 @dataclass
@@ -197,7 +227,9 @@ class CheckpointRules:
         return self.model.num_visual_tokens(scale, image_size=image_size)
 
     def info(self) -> dict[str, Any]:
-        """What clients need to offer a budget choice: grid, valid and trained scales, the default."""
+        """What clients need to offer a budget choice: grid, valid and trained scales, the default, and the
+        policy `auto` stands for (`calibrated` false: the default ladder with an uncalibrated threshold)."""
+        policy = self.scale_policy or default_policy(self.model)
         return {
             "grid_side": self.grid_side,
             "valid_scales": self.valid_scales,
@@ -206,6 +238,7 @@ class CheckpointRules:
             "anyres": self.is_anyres,
             "context_length": self.context_len,
             "conv_template": self.conv_mode,
+            "auto": {**policy.to_dict(), "calibrated": self.scale_policy is not None, "describe": policy.describe()},
         }
 
     def plan(
@@ -259,8 +292,41 @@ class CheckpointRules:
         )
 
 
+@dataclass
+class BudgetAnswer:
+    """One prompt's answer at one budget, in a comparison of budgets."""
+
+    scale: int
+    text: str
+    seconds: float
+    """Wall time of this budget's `generate` call (the tower pass is shared, see `BudgetComparison`)."""
+    visual_tokens: int
+    prompt_tokens: int
+    """Text tokens + `visual_tokens`."""
+    p_first: float
+    """The probability of the first answer token, the signal of the adaptive budget."""
+    pictures: list[Image.Image]
+    """What the model sees of each image at this budget (`llava.scale_picture`)."""
+
+
+@dataclass
+class BudgetComparison:
+    """One prompt answered at several budgets from one pass of the vision tower."""
+
+    encode_seconds: float
+    """Wall time of the one tower pass (+ projector) every budget's answer shares."""
+    answers: list[BudgetAnswer]
+    """In increasing budget order."""
+
+
 class InferenceEngine(CheckpointRules):
     """A loaded LLaVA/M3 model (a `Generator`), the serving rules on it, and batched generation."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # One generation on the model at a time: the scheduler's batches and budget comparisons (which
+        # run on a request's thread) take turns rather than share the model's threads and memory.
+        self._generating = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -339,10 +405,40 @@ class InferenceEngine(CheckpointRules):
         """
         jobs = [job for job in jobs if not job.cancelled]
         fixed = [job for job in jobs if not isinstance(job.prepared.scale, ScalePolicy)]
-        if fixed:
-            self._run_fixed(fixed)
-        for policy in dict.fromkeys(job.prepared.scale for job in jobs if isinstance(job.prepared.scale, ScalePolicy)):
-            self._run_policy([job for job in jobs if job.prepared.scale == policy], policy)
+        policies = dict.fromkeys(job.prepared.scale for job in jobs if isinstance(job.prepared.scale, ScalePolicy))
+        with self._generating:
+            if fixed:
+                self._run_fixed(fixed)
+            for policy in policies:
+                self._run_policy([job for job in jobs if job.prepared.scale == policy], policy)
+
+    def compare_budgets(
+        self, prompt: str, images: Sequence[Image.Image], scales: Sequence[int], sampling: SamplingParams
+    ) -> BudgetComparison:
+        """Answer one prompt at each of `scales` (validated, increasing) from one tower pass, with the picture
+        of what each budget sees (`llava.adaptive.answer_every_scale`); raises `RequestError` as `prepare` does,
+        the context checked at the largest budget."""
+        plan = self.plan(prompt, [image.size for image in images], scales[-1], sampling)
+        batch = PromptBatch([plan.input_ids], self.generator.pixels(images), plan.image_sizes or None)
+        params = replace(sampling, max_new_tokens=plan.max_new_tokens)
+        with self._generating:
+            encode_seconds, answers = answer_every_scale(self.generator, batch, scales, params)
+        text_tokens = plan.prompt_tokens - plan.visual_tokens
+        return BudgetComparison(
+            encode_seconds,
+            [
+                BudgetAnswer(
+                    scale=scale,
+                    text=answer.texts[0],
+                    seconds=answer.seconds,
+                    visual_tokens=answer.visual_tokens[0],
+                    prompt_tokens=text_tokens + answer.visual_tokens[0],
+                    p_first=answer.p_first[0],
+                    pictures=[scale_picture(self.generator, image, scale) for image in images],
+                )
+                for scale, answer in answers.items()
+            ],
+        )
 
     def _prompt_batch(self, jobs: Sequence[Job]) -> tuple[PromptBatch, list[SamplingParams]]:
         """The jobs' prompts with their images encoded once, and each row's sampling settings."""

@@ -4,7 +4,11 @@
 
 The budget control offers the five trained M3 scales (1/9/36/144/576) and shows the visual tokens the
 choice implies for the current image (per crop and in total for anyres checkpoints), as the model's
-worker counts them. Answers stream in; regenerate, clear, temperature, top-p and max tokens are there,
+worker counts them; "auto" lets the worker's calibrated policy pick the budget per answer, and the
+status line under the answer says which budget answered and how many visual tokens it read. The
+"Compare budgets" tab answers one question about one image at all five budgets side by side, from one
+pass of the vision tower (the worker's `/worker_compare_budgets`), each with its time and the picture of
+what the model sees at that budget. Answers stream in; regenerate, clear, temperature, top-p and max tokens are there,
 and example images come from the project's `images/` folder. A controller or worker that is down,
 refuses a request or answers nonsense shows as a message in the chat, never as a traceback or a
 stuck page. Works with Gradio 5 and 6.
@@ -13,11 +17,13 @@ stuck page. Works with Gradio 5 and 6.
 from __future__ import annotations
 
 import argparse
+import base64
 import inspect
 import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,7 @@ from PIL import Image
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import Conversation, get_conv_template, process_image, select_conv_mode, template_stop
+from llava.scale_policy import AUTO
 from llava.serve.args import DEFAULT_EXAMPLES_DIR
 from llava.serve.args import parse_web_args as parse_args
 
@@ -38,6 +45,9 @@ MAX_INPUT_CHARS = 1536
 # The five budgets M3 is trained on (llava.model.matryoshka.TRAINED_SCALES, not imported: it would pull
 # torch and transformers into a process that only draws the page).
 BUDGETS = (1, 9, 36, 144, 576)
+AUTO_BUDGET = str(AUTO)
+PICTURE_WIDTH = 336
+"""Narrower pictures of what a budget sees are enlarged to at least this width (the usual tower input side)."""
 
 
 class ControllerClient:
@@ -83,6 +93,26 @@ class ControllerClient:
         counted = self._post(f"{address}/worker_visual_tokens", payload)
         return counted if counted is not None and isinstance(counted.get("visual_tokens"), int) else None
 
+    def compare_budgets(self, address: str, payload: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        """The worker's `/worker_compare_budgets` answer, or None and a message saying why there is none."""
+        try:
+            response = requests.post(
+                f"{address}/worker_compare_budgets", json=payload, timeout=(self.timeout_s, self.stream_timeout_s)
+            )
+        except requests.RequestException as e:
+            logger.warning("worker %s failed: %s", address, e)
+            return None, "the model worker did not answer (it may have died); try again in a moment"
+        if response.status_code != 200:
+            refusal = _error_chunk(response.content, response.status_code)
+            return None, f"Error {refusal['error_code']}: {refusal['text']}"
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("answers"), list):
+            return None, "Error 502: the worker sent a comparison the demo cannot read"
+        return data, ""
+
     def generate_stream(self, address: str, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """The worker's chunks; an HTTP error status or an unreadable chunk is yielded as one error chunk.
 
@@ -123,9 +153,25 @@ def _error_chunk(body: bytes, status: int) -> dict[str, Any]:
     return {"text": body.decode(errors="replace")[:500], "error_code": status}
 
 
-def budget_choices(scales: Sequence[int] = BUDGETS) -> list[tuple[str, int]]:
-    """Radio choices "9 (3×3)": the budget and the token grid it pools each crop to."""
-    return [(f"{s} ({round(s**0.5)}×{round(s**0.5)})", s) for s in sorted(scales)]
+def budget_choices(scales: Sequence[int] = BUDGETS) -> list[tuple[str, int | str]]:
+    """Radio choices "9 (3×3)": the budget and the token grid it pools each crop to; then "auto"."""
+    return [*((f"{s} ({round(s**0.5)}×{round(s**0.5)})", s) for s in sorted(scales)), (AUTO_BUDGET, AUTO_BUDGET)]
+
+
+def request_budget(choice: int | str) -> int | str:
+    """The radio's value as the worker takes it: an int, or "auto"."""
+    return AUTO_BUDGET if choice == AUTO_BUDGET else int(choice)
+
+
+def auto_text(policy: Any) -> str:
+    """The budget line for "auto", from the `auto` block of the worker's status (None: the worker cannot)."""
+    if policy is None:
+        return "**auto is not available on this model's worker** (its engine serves fixed budgets): pick a budget"
+    text = "**auto**: the model answers with the smallest budget it is sure of"
+    if isinstance(policy, dict) and isinstance(policy.get("describe"), str):
+        calibrated = "calibrated" if policy.get("calibrated") else "uncalibrated"
+        text += f", trying {policy['describe']} ({calibrated} thresholds of the first answer token's probability)"
+    return text
 
 
 def budget_text(scale: int, counted: dict[str, Any] | None, has_image: bool) -> str:
@@ -154,16 +200,45 @@ def _no_worker(model: str | None) -> tuple[str, str]:
 
 
 def _usage_text(usage: Any) -> str:
-    """The status line of a finished answer, from the worker's `usage` ("" when it sent none)."""
+    """The status line of a finished answer, from the worker's `usage` ("" when it sent none): the budget that
+    answered and its visual tokens, and for "auto" what the budgets tried before it read too."""
     if not isinstance(usage, dict):
         return ""
     try:
-        return (
-            f"{usage['visual_tokens']} visual tokens at budget {usage['matryoshka_vis_token_scale']}, "
-            f"{usage['prompt_tokens']} prompt tokens, {usage['completion_tokens']} new tokens"
-        )
+        used = f"{usage['visual_tokens']} visual tokens at budget {usage['matryoshka_vis_token_scale_used']}"
+        if usage["matryoshka_vis_token_scale"] == AUTO_BUDGET:
+            used += f" (chosen by auto; {usage['visual_tokens_processed']} read over the budgets tried)"
+        return f"{used}, {usage['prompt_tokens']} prompt tokens, {usage['completion_tokens']} new tokens"
     except KeyError:
         return ""
+
+
+def _picture(url: Any) -> Image.Image | None:
+    """A PNG data URL of the worker's as a PIL image at least `PICTURE_WIDTH` wide (None for anything else).
+
+    Small towers' pictures are enlarged with nearest-neighbour sampling, which keeps each block one colour."""
+    if not isinstance(url, str) or not url.startswith("data:image/png;base64,"):
+        return None
+    try:
+        picture = Image.open(BytesIO(base64.b64decode(url.split(",", 1)[1], validate=True))).convert("RGB")
+    except (ValueError, OSError):  # bad base64 (binascii.Error is a ValueError), not an image
+        return None
+    if picture.width >= PICTURE_WIDTH:
+        return picture
+    factor = -(-PICTURE_WIDTH // picture.width)
+    return picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)
+
+
+def compared_answer_text(answer: Any) -> str:
+    """One budget's cell of the comparison: budget, visual tokens, time, p_first, then the answer."""
+    try:
+        head = (
+            f"**{answer['matryoshka_vis_token_scale']} visual tokens per image** ({answer['visual_tokens']} in all) · "
+            f"{1000 * answer['seconds']:.0f} ms · first-token probability {answer['p_first']:.2f}"
+        )
+        return f"{head}\n\n{answer['text'] or '*(an empty answer)*'}"
+    except (KeyError, TypeError, ValueError):
+        return "*the worker sent nothing the demo can read for this budget*"
 
 
 def chatbot_messages(state: Conversation | None) -> list[dict[str, str]]:
@@ -192,12 +267,19 @@ class WebDemo:
         return gr.update(choices=models, value=models[0] if models else None)
 
     def update_budget(
-        self, model: str | None, scale: int, image: Image.Image | None, mode: str, state: Conversation | None = None
+        self,
+        model: str | None,
+        scale: int | str,
+        image: Image.Image | None,
+        mode: str,
+        state: Conversation | None = None,
     ) -> str:
         if image is None and state is not None and state.get_images(return_pil=True):
             image, mode = state.get_images(return_pil=True)[0], "Default"  # the image already in the chat
         counted = None
         address = self.client.worker_address(model) if model else ""
+        if scale == AUTO_BUDGET:
+            return auto_text(self.client.worker_info(address).get(AUTO_BUDGET, {}) if address else {})
         if address:
             size = process_image(image, mode, return_pil=True).size if image is not None else None
             counted = self.client.visual_tokens(address, int(scale), size)
@@ -227,7 +309,7 @@ class WebDemo:
         self,
         state: Conversation | None,
         model: str | None,
-        scale: int,
+        scale: int | str,
         temperature: float,
         top_p: float,
         max_new_tokens: int,
@@ -251,7 +333,7 @@ class WebDemo:
             "max_new_tokens": int(max_new_tokens),
             "stop": template_stop(state),
             "images": state.get_images(return_pil=False),
-            "matryoshka_vis_token_scale": int(scale),
+            "matryoshka_vis_token_scale": request_budget(scale),
         }
         state.messages[-1][-1] = CURSOR
         yield state, chatbot_messages(state), ""
@@ -282,14 +364,51 @@ class WebDemo:
         yield state, chatbot_messages(state), status
 
     def _with_model_template(self, state: Conversation, model: str, address: str) -> Conversation:
-        stored = self.client.worker_info(address).get("conv_template")
-        try:
-            new_state = get_conv_template(stored if isinstance(stored, str) else select_conv_mode(model))
-        except ValueError:  # a template this demo does not know: the name decides
-            new_state = get_conv_template(select_conv_mode(model))
+        new_state = self._model_template(model, address)
         new_state.append_message(new_state.roles[0], state.messages[-2][1])
         new_state.append_message(new_state.roles[1], None)
         return new_state
+
+    def _model_template(self, model: str, address: str) -> Conversation:
+        """An empty conversation in the template the model's worker reports (else the one its name suggests)."""
+        stored = self.client.worker_info(address).get("conv_template")
+        try:
+            return get_conv_template(stored if isinstance(stored, str) else select_conv_mode(model))
+        except ValueError:  # a template this demo does not know: the name decides
+            return get_conv_template(select_conv_mode(model))
+
+    def compare(self, model: str | None, image: Image.Image | None, question: str, max_new_tokens: int) -> tuple:
+        """The compare view: (status, one picture per budget, one answer per budget), greedy so that the
+        answers differ only by the budget."""
+        nothing = (*[None] * len(BUDGETS), *[""] * len(BUDGETS))
+        if image is None:
+            return ("**Upload an image to compare the budgets.**", *nothing)
+        address = self.client.worker_address(model) if model else ""
+        if not address:
+            return (_no_worker(model)[0], *nothing)
+        conv = self._model_template(model, address)
+        question = (question or "").strip()[:MAX_INPUT_CHARS] or "What is in the image?"
+        conv.append_message(conv.roles[0], (f"{question}\n{DEFAULT_IMAGE_TOKEN}", image, "Default"))
+        conv.append_message(conv.roles[1], None)
+        payload = {
+            "model": model,
+            "prompt": conv.get_prompt(),
+            "images": conv.get_images(return_pil=False),
+            "temperature": 0.0,
+            "max_new_tokens": int(max_new_tokens),
+            "stop": template_stop(conv),
+            "matryoshka_vis_token_scales": list(BUDGETS),
+        }
+        data, error = self.client.compare_budgets(address, payload)
+        if data is None:
+            return (f"**{error}**", *nothing)
+        answers = {a.get("matryoshka_vis_token_scale"): a for a in data["answers"] if isinstance(a, dict)}
+        pictures = [_picture((answers.get(scale, {}).get("pictures") or [None])[0]) for scale in BUDGETS]
+        texts = [compared_answer_text(answers.get(scale)) for scale in BUDGETS]
+        encode = data.get("encode_seconds")
+        tower = f" ({1000 * encode:.0f} ms)" if isinstance(encode, (int, float)) else ""
+        status = f"Every budget from one pass of the vision tower{tower}; under each picture, that budget's own time."
+        return (status, *pictures, *texts)
 
     def regenerate(self, state: Conversation | None) -> tuple:
         if state is None or not state.messages:
@@ -317,15 +436,29 @@ class WebDemo:
                 gr.Markdown(
                     "# M3: Matryoshka Multimodal Models\nChat about an image with a visual-token budget of your choice."
                 )
-            with gr.Row():
-                with gr.Column(scale=3):
-                    controls = _controls(models)
-                with gr.Column(scale=8):
-                    chat = _chat()
-            examples = self.examples()
-            if examples:
-                gr.Examples(examples=examples, inputs=[controls.image, chat.textbox], cache_examples=False)
+            model = gr.Dropdown(
+                choices=models,
+                value=models[0] if models else None,
+                label="Model",
+                interactive=True,
+                elem_id="model_selector",
+            )
+            with gr.Tab("Chat", elem_id="chat_tab"):
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        controls = _controls(model)
+                    with gr.Column(scale=8):
+                        chat = _chat()
+                examples = self.examples()
+                if examples:
+                    gr.Examples(examples=examples, inputs=[controls.image, chat.textbox], cache_examples=False)
+            with gr.Tab("Compare budgets", elem_id="compare_tab"):
+                compare = _compare_view()
             self._wire(demo, state, controls, chat)
+            compare_outputs = [compare.status, *compare.pictures, *compare.answers]
+            compare_inputs = [model, compare.image, compare.question, compare.max_tokens]
+            for trigger in (compare.run.click, compare.question.submit):
+                trigger(self.compare, compare_inputs, compare_outputs)
         return demo
 
     def _wire(self, demo: gr.Blocks, state: gr.State, controls: _Controls, chat: _Chat) -> None:
@@ -369,11 +502,8 @@ class _Chat:
     status: gr.Markdown
 
 
-def _controls(models: list[str]) -> _Controls:
-    """The left column: model, image, budget and sampling parameters."""
-    model = gr.Dropdown(
-        choices=models, value=models[0] if models else None, label="Model", interactive=True, elem_id="model_selector"
-    )
+def _controls(model: gr.Dropdown) -> _Controls:
+    """The chat's left column: image, budget and sampling parameters (for the model chosen above the tabs)."""
     image = gr.Image(type="pil", label="Image", elem_id="imagebox")
     mode = gr.Radio(IMAGE_PROCESS_MODES, value="Default", label="Preprocess for non-square image", visible=False)
     budget = gr.Radio(
@@ -401,6 +531,51 @@ def _chat() -> _Chat:
         clear = gr.Button("Clear", elem_id="clear")
     status = gr.Markdown("", elem_id="status")
     return _Chat(chatbot, textbox, send, regenerate, clear, status)
+
+
+@dataclass
+class _Compare:
+    image: gr.Image
+    question: gr.Textbox
+    max_tokens: gr.Slider
+    run: gr.Button
+    status: gr.Markdown
+    pictures: list[gr.Image]
+    answers: list[gr.Markdown]
+
+
+def _compare_view() -> _Compare:
+    """The compare tab: an image and a question on the left; per budget, what the model sees and its answer."""
+    with gr.Row():
+        with gr.Column(scale=3):
+            image = gr.Image(type="pil", label="Image", elem_id="compare_image")
+            question = gr.Textbox(
+                label="Question",
+                placeholder="Ask about the image",
+                value="What is in the image?",
+                elem_id="compare_question",
+            )
+            max_tokens = gr.Slider(1, 256, value=32, step=1, label="Max output tokens", elem_id="compare_max_tokens")
+            run = gr.Button("Answer at every budget", variant="primary", elem_id="compare_run")
+        with gr.Column(scale=10):
+            status = gr.Markdown("", elem_id="compare_status")
+            pictures, answers = [], []
+            with gr.Row():
+                for scale in BUDGETS:
+                    with gr.Column(min_width=120):
+                        pictures.append(
+                            gr.Image(
+                                label=f"{scale} tokens",
+                                interactive=False,
+                                height=220,
+                                elem_id=f"compare_picture_{scale}",
+                                elem_classes=["compare_picture"],
+                            )
+                        )
+                        answers.append(
+                            gr.Markdown("", elem_id=f"compare_answer_{scale}", elem_classes=["compare_answer"])
+                        )
+    return _Compare(image, question, max_tokens, run, status, pictures, answers)
 
 
 def build_demo(args: argparse.Namespace) -> gr.Blocks:

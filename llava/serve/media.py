@@ -269,3 +269,10 @@ def open_video(raw: bytes, policy: ImagePolicy, layout: ImageLayout | None = Non
     grid = frames_to_grid(frames)
     check_pixels(*grid.size, policy, layout, what=f"the grid of {len(frames)} video frames")
     return grid
+
+
+def png_data_url(image: Image.Image) -> str:
+    """An image as a `data:image/png;base64,...` URL (what the OpenAI format and browsers read)."""
+    buffer = BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -5,10 +5,15 @@
 
 Routes (bodies in protocol.py):
     POST /worker_generate_stream   {"prompt", "images": [base64...], "temperature", "top_p", "max_new_tokens",
-                                    "stop", "matryoshka_vis_token_scale"} → NUL-delimited JSON chunks
-                                    {"text": prompt + answer so far, "error_code": 0}; the last one adds
-                                    "finish_reason" and "usage". Bad input is answered before streaming with
-                                    its HTTP status and {"text": message, "error_code": status}.
+                                    "stop", "matryoshka_vis_token_scale": N or "auto"} → NUL-delimited JSON
+                                    chunks {"text": prompt + answer so far, "error_code": 0}; the last one adds
+                                    "finish_reason" and "usage" (`answer_usage`: tokens, the budget used).
+                                    Bad input is answered before streaming with its HTTP status and
+                                    {"text": message, "error_code": status}.
+    POST /worker_compare_budgets   the same prompt fields and "matryoshka_vis_token_scales": [1, 9, ...] (default:
+                                    the trained budgets) → {"encode_seconds", "answers": [{"matryoshka_vis_token_scale",
+                                    "text", "seconds", "visual_tokens", "prompt_tokens", "p_first", "pictures"}]}:
+                                    every budget from one tower pass, with what each sees (PNG data URLs)
     POST /worker_get_status        {"model_names", "speed", "queue_length", "matryoshka": {...}}
     POST /worker_visual_tokens     {"matryoshka_vis_token_scale", "image_size": [w, h]?} → {"visual_tokens"}
     GET  /v1/models, POST /v1/chat/completions   the OpenAI-compatible API (see openai_api.py)
@@ -37,10 +42,17 @@ from llava.generation import SamplingParams
 from llava.serve.args import parse_worker_args as parse_args
 from llava.serve.backends import backend_from_args
 from llava.serve.backends.base import AnswerStream, ServingBackend
-from llava.serve.engine import PreparedRequest
+from llava.serve.engine import BudgetComparison, PreparedRequest, answer_usage
 from llava.serve.http import RequestError, create_json_app, guarded_stream, run_server
+from llava.serve.media import png_data_url
 from llava.serve.openai_api import create_openai_router
-from llava.serve.protocol import VisualTokensParams, WorkerGenerateParams
+from llava.serve.protocol import (
+    CompareBudgetsParams,
+    PromptParams,
+    VisualTokensParams,
+    WorkerGenerateParams,
+    request_budget,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,13 +143,25 @@ async def _chunks(stream: AnswerStream, prompt: str, prepared: PreparedRequest) 
             message.update(text=chunk.error, error_code=500)
         if chunk.done:
             message["finish_reason"] = chunk.finish_reason
-            message["usage"] = {
-                "prompt_tokens": prepared.prompt_tokens,
-                "visual_tokens": prepared.visual_tokens,
-                "completion_tokens": chunk.completion_tokens,
-                "matryoshka_vis_token_scale": prepared.scale,
-            }
+            message["usage"] = answer_usage(prepared, chunk)
         yield _chunk(message)
+
+
+def _comparison_body(comparison: BudgetComparison) -> dict[str, Any]:
+    """`/worker_compare_budgets`' answer: per budget its answer, time, tokens and pictures (PNG data URLs)."""
+    answers = [
+        {
+            "matryoshka_vis_token_scale": answer.scale,
+            "text": answer.text,
+            "seconds": round(answer.seconds, 4),
+            "visual_tokens": answer.visual_tokens,
+            "prompt_tokens": answer.prompt_tokens,
+            "p_first": round(answer.p_first, 6),
+            "pictures": [png_data_url(picture) for picture in answer.pictures],
+        }
+        for answer in comparison.answers
+    ]
+    return {"encode_seconds": round(comparison.encode_seconds, 4), "answers": answers}
 
 
 def create_app(service: ServingBackend, link: ControllerLink | None = None, api_key: str | None = None) -> FastAPI:
@@ -165,12 +189,9 @@ def create_app(service: ServingBackend, link: ControllerLink | None = None, api_
     async def worker_generate_stream(params: WorkerGenerateParams) -> StreamingResponse:
         """Generate an answer, streamed as NUL-delimited JSON chunks (bad input: a JSON error before any chunk)."""
         with service.admission():
-            if params.model is not None and params.model != service.model_name:
-                raise RequestError(404, f"this worker serves {service.model_name!r}, not {params.model!r}", "model")
-            sampling = SamplingParams(params.temperature, params.top_p, params.max_new_tokens, params.stop_strings)
-            prepared = await service.prepare(
-                params.prompt, params.images or [], params.matryoshka_vis_token_scale, sampling
-            )
+            sampling = _sampling(service, params)
+            budget = request_budget(params.matryoshka_vis_token_scale)
+            prepared = await service.prepare(params.prompt, params.images or [], budget, sampling)
             stream = await service.open_stream(prepared)
 
         body = guarded_stream(_chunks(stream, params.prompt, prepared), "/worker_generate_stream", _chunk)
@@ -179,6 +200,21 @@ def create_app(service: ServingBackend, link: ControllerLink | None = None, api_
     @app.post("/worker_get_status")
     async def worker_get_status() -> dict[str, Any]:
         return service.status()
+
+    _add_budget_routes(app, service)
+    app.include_router(create_openai_router(service, api_key=api_key))
+    return app
+
+
+def _sampling(service: ServingBackend, params: PromptParams) -> SamplingParams:
+    """A generation request's sampling settings, once it is known to be for this worker's model (else 404)."""
+    if params.model is not None and params.model != service.model_name:
+        raise RequestError(404, f"this worker serves {service.model_name!r}, not {params.model!r}", "model")
+    return SamplingParams(params.temperature, params.top_p, params.max_new_tokens, params.stop_strings)
+
+
+def _add_budget_routes(app: FastAPI, service: ServingBackend) -> None:
+    """The routes about budgets: what an image costs at one, and one prompt answered at several."""
 
     @app.post("/worker_visual_tokens")
     async def worker_visual_tokens(params: VisualTokensParams) -> dict[str, Any]:
@@ -192,8 +228,14 @@ def create_app(service: ServingBackend, link: ControllerLink | None = None, api_
             "anyres": service.rules.is_anyres,
         }
 
-    app.include_router(create_openai_router(service, api_key=api_key))
-    return app
+    @app.post("/worker_compare_budgets")
+    async def worker_compare_budgets(params: CompareBudgetsParams) -> dict[str, Any]:
+        """One prompt answered at several budgets from one tower pass, with the picture of what each sees."""
+        sampling = _sampling(service, params)
+        comparison = await service.compare_budgets(
+            params.prompt, params.images or [], params.matryoshka_vis_token_scales, sampling
+        )
+        return _comparison_body(comparison)
 
 
 def build_app(args: argparse.Namespace) -> FastAPI:

@@ -8,8 +8,9 @@ Messages use the OpenAI format (string content, or `text`, `image_url` and `vide
 base64 URLs; http(s) URLs only with `--allow-remote-images`). A video is answered about as one image, the
 grid of a few of its frames (IG-VLM), at the request's budget. `stream: true` answers with server-sent events.
 The visual-token budget is the extra field `matryoshka_vis_token_scale` (with the `openai` client:
-`extra_body={"matryoshka_vis_token_scale": 9}`), and `usage.prompt_tokens` counts the visual tokens
-the images really cost at that budget (also reported as `usage.visual_tokens`). A client that hangs up
+`extra_body={"matryoshka_vis_token_scale": 9}`, or "auto" for the checkpoint's calibrated policy), and
+`usage.prompt_tokens` counts the visual tokens the images really cost at the budget that answered (also
+reported as `usage.visual_tokens`, beside `matryoshka_vis_token_scale_used`; see `answer_usage`). A client that hangs up
 before a non-streamed answer is complete cancels its generation, as one that closes a stream does.
 """
 
@@ -31,7 +32,7 @@ from llava.generation import ChatTurn, SamplingParams, build_chat_prompt
 from llava.serve.args import parse_openai_api_args as parse_args
 from llava.serve.backends import backend_from_args
 from llava.serve.backends.base import AnswerStream, ServingBackend
-from llava.serve.engine import GenerationChunk, PreparedRequest
+from llava.serve.engine import GenerationChunk, PreparedRequest, answer_usage
 from llava.serve.http import (
     RequestError,
     RequestModel,
@@ -43,7 +44,7 @@ from llava.serve.http import (
     run_server,
     until_disconnected,
 )
-from llava.serve.protocol import MAX_TOKENS, ModelName, Scale, Temperature, TopP
+from llava.serve.protocol import MAX_TOKENS, Budget, ModelName, Temperature, TopP, request_budget
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class ChatCompletionRequest(RequestModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)
-    matryoshka_vis_token_scale: Scale | None = None
+    matryoshka_vis_token_scale: Budget | None = None
 
 
 def _turns(messages: Sequence[ChatMessage]) -> list[ChatTurn]:
@@ -112,15 +113,6 @@ def _turns(messages: Sequence[ChatMessage]) -> list[ChatTurn]:
             raise RequestError(400, f"messages[{i}]: only user messages may carry images or videos", "messages")
         turns.append(turn)
     return turns
-
-
-def _usage(prepared: PreparedRequest, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prepared.prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prepared.prompt_tokens + completion_tokens,
-        "visual_tokens": prepared.visual_tokens,
-    }
 
 
 def create_openai_router(service: ServingBackend, api_key: str | None = None) -> APIRouter:
@@ -158,7 +150,7 @@ def create_openai_router(service: ServingBackend, api_key: str | None = None) ->
             stop.append(template_stop)
         max_tokens = body.max_completion_tokens or body.max_tokens or service.rules.max_new_tokens_limit
         sampling = SamplingParams(body.temperature, body.top_p, max_tokens, tuple(stop))
-        prepared = await service.prepare(prompt, images, body.matryoshka_vis_token_scale, sampling)
+        prepared = await service.prepare(prompt, images, request_budget(body.matryoshka_vis_token_scale), sampling)
         return prepared, await service.open_stream(prepared)
 
     @router.post("/v1/chat/completions", dependencies=[Depends(check_key)])
@@ -202,8 +194,18 @@ def _completion(
                 "logprobs": None,
             }
         ],
-        "usage": _usage(prepared, final.completion_tokens),
-        "matryoshka_vis_token_scale": prepared.scale,
+        **_budget_fields(prepared, final),
+    }
+
+
+def _budget_fields(prepared: PreparedRequest, final: GenerationChunk) -> dict[str, Any]:
+    """What the last chunk or the whole response adds to OpenAI's fields: `usage`, the budget asked for and
+    the budget that answered (they differ for "auto")."""
+    usage = answer_usage(prepared, final)
+    return {
+        "usage": usage,
+        "matryoshka_vis_token_scale": usage["matryoshka_vis_token_scale"],
+        "matryoshka_vis_token_scale_used": usage["matryoshka_vis_token_scale_used"],
     }
 
 
@@ -235,12 +237,11 @@ async def _sse_events(
         if chunk.delta:
             yield event([{"index": 0, "delta": {"content": chunk.delta}, "finish_reason": None}])
         if chunk.done:
-            yield event(
-                [{"index": 0, "delta": {}, "finish_reason": chunk.finish_reason}],
-                matryoshka_vis_token_scale=prepared.scale,
-            )
+            fields = _budget_fields(prepared, chunk)
+            usage = fields.pop("usage")
+            yield event([{"index": 0, "delta": {}, "finish_reason": chunk.finish_reason}], **fields)
             if include_usage:
-                yield event([], usage=_usage(prepared, chunk.completion_tokens))
+                yield event([], usage=usage)
     yield "data: [DONE]\n\n"
 
 

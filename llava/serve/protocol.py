@@ -8,18 +8,21 @@ schema (`/openapi.json`), which is what the fuzz tests generate requests from.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import httpx
 from pydantic import AfterValidator, Field, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
 from pydantic_core import PydanticCustomError
 
+from llava.scale_policy import AUTO, AutoScale
 from llava.serve.http import RequestModel, Text
 
 MAX_SCALE = 1 << 16
 """Largest `matryoshka_vis_token_scale` a request may name (a 256×256 grid); each model lists its valid ones."""
 MAX_TOKENS = 1 << 20
 """Largest token count a request may ask for; each server cuts it to its own limit and context."""
+MAX_COMPARED_SCALES = 8
+"""Most budgets one `/worker_compare_budgets` request may name: every valid one of a 24×24 grid."""
 MAX_QUEUE_LENGTH = 1 << 20
 MAX_IMAGE_SIDE = 1 << 20
 
@@ -34,19 +37,40 @@ def _describe(value: Any) -> str:
     )
 
 
-def _scale(value: Any, handler: ValidatorFunctionWrapHandler) -> int:
+def _refused_budget(kind: str, value: Any, handler: ValidatorFunctionWrapHandler, extra: str) -> Any:
     try:
         return handler(value)
     except ValidationError:
         raise PydanticCustomError(
-            "scale",
-            "must be one integer visual-token budget from 1 to {limit}, such as 1, 9, 36, 144 or 576; got {got}",
+            kind,
+            "must be one integer visual-token budget from 1 to {limit}, such as 1, 9, 36, 144 or 576"
+            + extra
+            + "; got {got}",
             {"limit": MAX_SCALE, "got": _describe(value)},
         ) from None
 
 
+def _scale(value: Any, handler: ValidatorFunctionWrapHandler) -> int:
+    return _refused_budget("scale", value, handler, "")
+
+
+def _budget(value: Any, handler: ValidatorFunctionWrapHandler) -> int | str:
+    return _refused_budget("budget", value, handler, ', or "auto" (the checkpoint\'s calibrated policy)')
+
+
 Scale = Annotated[int, Field(ge=1, le=MAX_SCALE), WrapValidator(_scale)]
-"""`matryoshka_vis_token_scale` of a request: one integer (None, i.e. absent, means the server's default)."""
+"""`matryoshka_vis_token_scale` where only a fixed budget makes sense (what an image costs): one integer."""
+
+Budget = Annotated[Annotated[int, Field(ge=1, le=MAX_SCALE)] | Literal["auto"], WrapValidator(_budget)]
+"""`matryoshka_vis_token_scale` of a generation request: one integer, or exactly "auto" (None, i.e. absent,
+means the server's default). The request keeps the text so that the controller forwards it as sent;
+`request_budget` turns it into `AUTO` for the serving code."""
+
+
+def request_budget(value: int | str | None) -> int | AutoScale | None:
+    """A validated `Budget` as the serving code takes it: "auto" becomes `AUTO`."""
+    return AUTO if value == str(AUTO) else value
+
 
 ModelName = Annotated[Text, Field(min_length=1, max_length=256)]
 
@@ -84,8 +108,8 @@ WorkerAddress = Annotated[
 """The URL the controller reaches a worker at; it is also the worker's name."""
 
 
-class WorkerGenerateParams(RequestModel):
-    """The body of a worker's `/worker_generate_stream`."""
+class PromptParams(RequestModel):
+    """What the worker's generation routes share: a prompt in the model's template, its images, sampling."""
 
     model: ModelName | None = None
     prompt: Text
@@ -95,11 +119,23 @@ class WorkerGenerateParams(RequestModel):
     top_p: TopP = 1.0
     max_new_tokens: int = Field(256, ge=1, le=MAX_TOKENS)
     stop: Text | list[Text] | None = None
-    matryoshka_vis_token_scale: Scale | None = None
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+class WorkerGenerateParams(PromptParams):
+    """The body of a worker's `/worker_generate_stream`."""
+
+    matryoshka_vis_token_scale: Budget | None = None
+
+
+class CompareBudgetsParams(PromptParams):
+    """The body of a worker's `/worker_compare_budgets`: one prompt answered at several budgets."""
+
+    matryoshka_vis_token_scales: list[Scale] | None = Field(None, min_length=1, max_length=MAX_COMPARED_SCALES)
+    """The budgets to answer at (each once, in increasing order); None: those the checkpoint was trained on."""
 
 
 class ControllerGenerateParams(WorkerGenerateParams):

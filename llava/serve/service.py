@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 from PIL import Image
 
 from llava.generation import SamplingParams
+from llava.scale_policy import ScalePolicy
 from llava.serve.backends.base import (
     AnswerStream,
     ServiceLimits,
@@ -40,7 +41,7 @@ from llava.serve.backends.base import (
     limits_from_args,
     rules_kwargs_from_args,
 )
-from llava.serve.engine import GenerationChunk, InferenceEngine, Job, PreparedRequest
+from llava.serve.engine import BudgetComparison, GenerationChunk, InferenceEngine, Job, PreparedRequest
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class BatchScheduler:
         self.stats = SchedulerStats()
         self._queue: queue.Queue[Job] = queue.Queue()
         self._running = 0
+        self._outside = 0
         self._incoming = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -115,7 +117,18 @@ class BatchScheduler:
     def queue_length(self) -> int:
         """Requests waiting plus requests being generated (what the controller balances on)."""
         with self._lock:
-            return self._queue.qsize() + self._running
+            return self._queue.qsize() + self._running + self._outside
+
+    @contextmanager
+    def outside_work(self) -> Iterator[None]:
+        """Count work on the engine that does not go through the queue (a budget comparison) as a request."""
+        with self._lock:
+            self._outside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._outside -= 1
 
     @property
     def alive(self) -> bool:
@@ -265,9 +278,25 @@ class ModelService(ServingBackend):
         await asyncio.to_thread(self.scheduler.stop)  # it finishes the running batch first
 
     def build_request(
-        self, prompt: str, images: list[Image.Image], scale: int | None, sampling: SamplingParams
+        self, prompt: str, images: list[Image.Image], scale: int | ScalePolicy, sampling: SamplingParams
     ) -> PreparedRequest:
         return self.engine.prepare(prompt, images, scale, sampling)
+
+    async def compare_budgets(
+        self, prompt: str, image_payloads: Sequence[str], scales: Sequence[int] | None, sampling: SamplingParams
+    ) -> BudgetComparison:
+        """`InferenceEngine.compare_budgets` off the event loop, the budgets checked before any image is decoded.
+        It waits for the running batch and holds the model while it runs, so it counts as a queued request."""
+        self._check_image_count(image_payloads)
+        budgets = sorted({self.resolve_scale(scale) for scale in scales or self.engine.trained_scales})
+        self.check_room()
+        with self.scheduler.outside_work():
+            return await asyncio.to_thread(self._compare, prompt, list(image_payloads), budgets, sampling)
+
+    def _compare(
+        self, prompt: str, payloads: list[str], scales: list[int], sampling: SamplingParams
+    ) -> BudgetComparison:
+        return self.engine.compare_budgets(prompt, self._decode(payloads), scales, sampling)
 
     @contextmanager
     def admission(self) -> Iterator[None]:

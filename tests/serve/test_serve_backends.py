@@ -95,7 +95,7 @@ def stack(tiny_llava_pad: Path) -> Iterator[dict[str, Any]]:
             server.stop()
 
 
-def generate(controller: str, model: str, scale: int | None) -> tuple[int, dict[str, Any]]:
+def generate(controller: str, model: str, scale: int | str | None) -> tuple[int, dict[str, Any]]:
     body = {
         "model": model,
         "prompt": build_prompt(CONV, QUESTION, 1),
@@ -126,10 +126,16 @@ def test_an_engine_that_ignores_budgets_serves_the_full_budget_only(stack: dict[
     assert status["backend"] == "openai" and status["engine_serves_budgets"] is False
     assert status["engine_url"] == f"{stack['engine']}/v1" and status["engine_model"] == "llava-v1.5-tiny-m3"
     assert status["matryoshka"]["valid_scales"] == [576] and status["matryoshka"]["default_scale"] == 576
+    assert status["matryoshka"]["auto"] is None  # no adaptive budget behind a remote engine
     code, refusal = generate(stack["controller"], "tiny-openai", 9)
     assert code == 400 and "does not take M3 budgets); valid values: [576]" in refusal["text"]
     visual = httpx.post(f"{stack['openai']}/worker_visual_tokens", json={"matryoshka_vis_token_scale": 9})
     assert visual.status_code == 400
+    code, refusal = generate(stack["controller"], "tiny-openai", "auto")  # the policy needs our own engine
+    assert code == 400 and "(--backend hf or vllm)" in refusal["text"]
+    body = {"prompt": build_prompt(CONV, QUESTION, 1), "images": [png_b64()], "max_new_tokens": 2}
+    compared = httpx.post(f"{stack['openai']}/worker_compare_budgets", json=body, timeout=60)
+    assert compared.status_code == 400 and "needs our own engine (--backend hf)" in compared.json()["text"]
     assert generate(stack["controller"], "tiny-openai", 576)[0] == 200  # and it keeps serving
 
 

@@ -76,7 +76,8 @@ def fuzz(server: BackgroundServer, headers: dict[str, str] | None = None, adapt:
 
 
 HOSTILE_JSON = [
-    "9.0", "9.5", "1e308", "-1e308", "1e-400", "5e-324", "NaN", "-Infinity", "true", '"9"', '"auto"', "[]", "{}",
+    "9.0", "9.5", "3.5", "1e308", "-1e308", "1e-400", "5e-324", "NaN", "-Infinity", "true", '"9"', '"auto"',
+    '"AUTO "', '"max"', "[]", "{}",
     "9" * 5000, "-" + "9" * 30, "[" * 100_000 + "]" * 100_000, '"\\ud800"', '"a\\udfffb"', '"\\u0000"',
 ]  # fmt: skip
 
@@ -139,7 +140,13 @@ def test_fuzzing_the_worker_never_gets_a_server_error(fuzz_worker: BackgroundSer
     fuzz(fuzz_worker)
     chat = {"model": tiny_llava_pad.name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     fuzz_fields(
-        fuzz_worker, {"/worker_generate_stream": GENERATE, "/worker_visual_tokens": {}, "/v1/chat/completions": chat}
+        fuzz_worker,
+        {
+            "/worker_generate_stream": GENERATE,
+            "/worker_compare_budgets": {**GENERATE, "matryoshka_vis_token_scales": [1, 9]},
+            "/worker_visual_tokens": {},
+            "/v1/chat/completions": chat,
+        },
     )
     answer = generate(fuzz_worker.url)
     assert answer.status_code == 200 and b'"finish_reason": "length"' in answer.content

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +22,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from llava.data import shapes
+from llava.scale_policy import ScalePolicy
 from llava.serve import gradio_web_server as web
 from llava.serve.http import BackgroundServer, find_free_port
 
@@ -65,6 +69,29 @@ def test_handlers_stream_an_answer_at_the_chosen_budget(stack, tiny_llava_pad: P
     state, _, _ = demo.regenerate(states[-1][0])
     again = list(demo.http_bot(state, model, 9, 0.0, 1.0, 6))
     assert last_answer(again) == last_answer(states)  # greedy: the same answer again
+
+
+def test_the_compare_view_answers_at_every_budget_as_the_chat_does(stack, tiny_llava_pad: Path) -> None:
+    controller, _ = stack
+    demo = web.WebDemo(web.ControllerClient(controller.url), examples_dir=None)
+    model, image, question = tiny_llava_pad.name, Image.new("RGB", (80, 60), (0, 90, 200)), "What is in the image?"
+    status, *cells = demo.compare(model, image, question, 6)
+    pictures, answers = cells[: len(web.BUDGETS)], cells[len(web.BUDGETS) :]
+    assert status.startswith("Every budget from one pass of the vision tower (")
+    side = 48 * 7  # the tiny tower's input (the image padded to a square), enlarged for the page
+    assert all(isinstance(picture, Image.Image) and picture.size == (side, side) for picture in pictures)
+    for scale, picture in zip(web.BUDGETS, pictures):
+        assert len(picture.getcolors(1 << 20)) <= max(scale, 2)  # blocks of one colour (pad and image)
+    for scale, answer in zip(web.BUDGETS, answers):
+        assert answer.startswith(f"**{scale} visual tokens per image** ({scale} in all) · ")
+    for scale, answer in [(9, answers[1]), (576, answers[4])]:
+        state, *_ = demo.add_text(None, question, image, "Default")
+        chat = last_answer(list(demo.http_bot(state, model, scale, 0.0, 1.0, 6)))
+        assert answer.split("\n\n", 1)[1] == chat
+
+    empty = (*[None] * len(web.BUDGETS), *[""] * len(web.BUDGETS))
+    assert demo.compare(model, None, question, 6) == ("**Upload an image to compare the budgets.**", *empty)
+    assert demo.compare("no-such-model", image, question, 6)[0].startswith("**No worker is serving no-such-model")
 
 
 def test_a_refused_request_shows_the_workers_message(stack, tiny_llava_pad: Path) -> None:
@@ -126,13 +153,32 @@ def test_the_demo_answers_with_the_shipped_shapes_model(tmp_path: Path) -> None:
             states = list(demo.http_bot(state, SHAPES_MODEL.name, scale, 0.0, 1.0, 4))
             assert last_answer(states) == gold[question], (scale, last_answer(states))
             assert states[-1][2].startswith(f"{scale} visual tokens at budget {scale}")
+        check_auto_in_the_demo(demo, question, image)
     finally:
         worker.stop()
         controller.stop()
 
 
-@pytest.mark.slow
-def test_the_page_in_headless_chromium(stack, tiny_llava_pad: Path) -> None:
+def check_auto_in_the_demo(demo: web.WebDemo, question: str, image: Image.Image) -> None:
+    """ "auto" in the budget control: the line under it shows the calibrated policy, and the status line the
+    budget that answered, whose fixed answer is the same."""
+    policy = json.loads((SHAPES_MODEL / "matryoshka_policy.json").read_text())["policy"]
+    line = demo.update_budget(SHAPES_MODEL.name, "auto", image, "Default")
+    assert line.startswith("**auto**") and f"trying {ScalePolicy.from_dict(policy).describe()} (calibrated" in line
+    state, *_ = demo.add_text(None, question, image, "Default")
+    auto = list(demo.http_bot(state, SHAPES_MODEL.name, "auto", 0.0, 1.0, 4))
+    status = re.fullmatch(r"(\d+) visual tokens at budget (\d+) \(chosen by auto; (\d+) read over .*", auto[-1][2])
+    assert status is not None, auto[-1][2]
+    visual, used, read = map(int, status.groups())
+    assert visual == used and used in policy["ladder"] and read >= visual
+    state, *_ = demo.add_text(None, question, image, "Default")
+    fixed = list(demo.http_bot(state, SHAPES_MODEL.name, used, 0.0, 1.0, 4))
+    assert last_answer(auto) == last_answer(fixed)
+
+
+def in_headless_chromium(controller_url: str, drive: Callable[[Any, str], None], screenshot: str) -> None:
+    """Serve the demo on a free port and run `drive(page, url)` in headless Chromium; a failure leaves a
+    screenshot in test-artifacts/."""
     # CI sets M3_REQUIRE_BROWSER=1 so a missing browser fails the run instead of hiding the test.
     if os.environ.get("M3_REQUIRE_BROWSER") == "1":
         from playwright import sync_api
@@ -142,9 +188,8 @@ def test_the_page_in_headless_chromium(stack, tiny_llava_pad: Path) -> None:
         sync_api = pytest.importorskip("playwright.sync_api")
         if not os.path.exists(CHROMIUM) or shutil.which(CHROMIUM) is None:
             pytest.skip(f"{CHROMIUM} is missing: run scripts/ensure_chromium.sh")
-    controller, _ = stack
     port = find_free_port()
-    demo = web.build_demo(web.parse_args(["--controller-url", controller.url]))
+    demo = web.build_demo(web.parse_args(["--controller-url", controller_url]))
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
     try:
         with sync_api.sync_playwright() as playwright:
@@ -152,19 +197,61 @@ def test_the_page_in_headless_chromium(stack, tiny_llava_pad: Path) -> None:
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 900})
                 try:
-                    drive_the_page(page, f"http://127.0.0.1:{port}/", tiny_llava_pad.name)
+                    drive(page, f"http://127.0.0.1:{port}/")
                 except Exception:
                     ARTIFACTS.mkdir(exist_ok=True)
-                    page.screenshot(path=str(ARTIFACTS / "gradio_chat_failure.png"), full_page=True)
+                    page.screenshot(path=str(ARTIFACTS / f"{screenshot}_failure.png"), full_page=True)
                     raise
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / f"{screenshot}.png"), full_page=True)
             finally:
                 browser.close()
     finally:
         demo.close()
 
 
+@pytest.mark.slow
+def test_the_page_in_headless_chromium(stack, tiny_llava_pad: Path) -> None:
+    controller, _ = stack
+    in_headless_chromium(
+        controller.url, lambda page, url: drive_the_page(page, url, tiny_llava_pad.name), "gradio_chat"
+    )
+
+
+@pytest.mark.slow
+def test_the_compare_view_in_headless_chromium(stack, tiny_llava_pad: Path) -> None:
+    controller, _ = stack
+    in_headless_chromium(
+        controller.url, lambda page, url: drive_the_compare_view(page, url, tiny_llava_pad.name), "gradio_compare"
+    )
+
+
+def drive_the_compare_view(page, url: str, model: str) -> None:
+    """Pick the model, open the compare tab, upload an image, ask, and wait for an answer and a picture per budget."""
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.locator("#model_selector input").click()
+    page.get_by_role("option", name=model).click()
+    page.get_by_role("tab", name="Compare budgets").click()
+    page.locator("#compare_image input[type=file]").set_input_files(str(REPO / "images" / "shapes.png"))
+    page.locator("#compare_question textarea").fill("What is in the image?")
+    page.locator("#compare_run").click()
+    page.wait_for_function(
+        "document.querySelector('#compare_status').innerText.includes('one pass of the vision tower')"
+    )
+    for scale in web.BUDGETS:
+        answer = page.locator(f"#compare_answer_{scale}")
+        assert answer.inner_text().startswith(f"{scale} visual tokens per image ({scale} in all)"), scale
+        assert "ms" in answer.inner_text()
+        picture = page.locator(f"#compare_picture_{scale} img")
+        picture.wait_for()
+        assert picture.evaluate("img => img.complete && img.naturalWidth") == 48 * 7  # the tiny tower's side, enlarged
+    assert page.locator("[id^=compare_answer_]").count() == page.locator(".compare_picture img").count() == 5
+
+
 def drive_the_page(page, url: str, model: str) -> None:
-    """Pick the model, upload an image, pick the 9-token budget, ask, and wait for the streamed answer."""
+    """Pick the model, upload an image, pick the 9-token budget, ask, and wait for the streamed answer; then
+    ask again with the budget "auto"."""
     page.set_default_timeout(60_000)
     page.goto(url)
     page.locator("#question textarea").wait_for()
@@ -186,8 +273,15 @@ def drive_the_page(page, url: str, model: str) -> None:
     status = page.locator("#status").inner_text()
     assert "9 visual tokens at budget 9" in status and "24 new tokens" in status
     assert page.locator("#chatbot [data-testid=user] img").count() == 1  # the uploaded image is in the chat
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "gradio_chat.png"), full_page=True)
+
+    # "auto": the worker has no calibrated policy, and the random model is sure of nothing, so every rung is tried.
+    page.locator("#budget").get_by_text("auto", exact=True).click()
+    page.wait_for_function("document.querySelector('#budget_info').innerText.includes('uncalibrated thresholds')")
+    page.locator("#question textarea").fill("And now?")
+    page.locator("#send").click()
+    page.wait_for_function("document.querySelector('#status').innerText.includes('chosen by auto')")
+    status = page.locator("#status").inner_text()
+    assert status.startswith("576 visual tokens at budget 576 (chosen by auto; 766 read over the budgets tried)")
 
 
 def set_number(field, value: str) -> None:
@@ -245,5 +339,7 @@ def test_backends_that_answer_nonsense_show_as_messages() -> None:
         for model in ("garbled", "crashing"):
             state, *_ = demo.add_text(None, "hi", None, "Default")
             answers[model] = last_answer(list(demo.http_bot(state, model, 9, 0.0, 1.0, 4)))
+        status, *cells = demo.compare("garbled", image, "hi", 4)
     assert answers["garbled"] == "**Error 502:** the worker sent a chunk the demo cannot read"
     assert answers["crashing"] == "**Error 500:** Internal Server Error"
+    assert status == "**Error 502: <html>a proxy's error page</html>**" and not any(cells)

@@ -31,6 +31,9 @@ HOSTILE_SCALES = [
     ("string", b'"9"'),
     ("5000 digits", b"9" * 5000),
     ("list", b"[9, 36]"),
+    ("auto with a space", b'"AUTO "'),
+    ("max", b'"max"'),
+    ("auto in a list", b'["auto"]'),
 ]
 
 

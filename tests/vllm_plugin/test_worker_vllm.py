@@ -18,6 +18,7 @@ import httpx
 import pytest
 from vllm_helpers import VLLM_MISSING, noise_image
 from worker_helpers import (
+    ENGINE_FLAGS,
     NEW_TOKENS,
     answers,
     build_text_checkpoint,
@@ -35,7 +36,6 @@ from llava.serve.http import BackgroundServer
 pytest.importorskip("vllm", reason=VLLM_MISSING)
 pytestmark = pytest.mark.slow
 
-ENGINE_FLAGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "2048", "--seed", "0"]
 QUESTION = "What is in the image? Describe the picture."
 # Wide and tall: the worker's padding to a square and the engine's must agree.
 IMAGES = [noise_image(80, 40, seed=11), noise_image(30, 60, seed=12)]

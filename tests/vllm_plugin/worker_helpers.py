@@ -26,6 +26,8 @@ CONV_MODE = "llava_v1"
 NEW_TOKENS = 12
 SCALE = "matryoshka_vis_token_scale"
 ENGINE_STARTUP_S = 600
+ENGINE_FLAGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "2048", "--seed", "0"]
+"""A `--backend vllm` worker's engine flags: float32 and eager, as our engine runs on the CPU."""
 
 
 def build_text_checkpoint(root: Path, tower: Path) -> Path:

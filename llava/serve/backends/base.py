@@ -32,7 +32,8 @@ from transformers import GenerationConfig
 
 from llava.generation import SamplingParams
 from llava.mm_utils import processor_crop_size
-from llava.serve.engine import CheckpointRules, GenerationChunk, PreparedRequest
+from llava.scale_policy import AutoScale, ScalePolicy, load_checkpoint_policy
+from llava.serve.engine import BudgetComparison, CheckpointRules, GenerationChunk, PreparedRequest
 from llava.serve.http import MIB, RequestError
 from llava.serve.media import ImageLayout, ImagePolicy, VideoPolicy, decode_image
 
@@ -65,6 +66,8 @@ class ServingBackend(ABC):
 
     name: ClassVar[str]
     """The `--backend` value that selects it."""
+    runs_policies: ClassVar[bool] = True
+    """Whether it answers `"auto"`: its engine walks a policy's ladder, judging each rung's first answer token."""
 
     def __init__(self, rules: CheckpointRules, limits: ServiceLimits | None = None) -> None:
         self.rules = rules
@@ -89,35 +92,66 @@ class ServingBackend(ABC):
         """The budget a request gets (None: the default), or a 400 naming the valid values."""
         return self.rules.resolve_scale(scale)
 
+    def resolve_budget(self, scale: int | AutoScale | None) -> int | ScalePolicy:
+        """A generation request's budget: `resolve_scale`'s, or for `AUTO` the checkpoint's policy (a 400 where
+        the engine cannot run one)."""
+        if not isinstance(scale, AutoScale):
+            return self.resolve_scale(scale)
+        if not self.runs_policies:
+            raise RequestError(
+                400,
+                f'matryoshka_vis_token_scale="auto" (the adaptive budget) needs an engine in this worker that says how '
+                f"sure it is of each answer's first token (--backend hf or vllm); this worker's --backend "
+                f"{self.name} serves fixed budgets only: name one of {self.info()['valid_scales']}",
+                "matryoshka_vis_token_scale",
+            )
+        return self.rules.auto_policy
+
     def num_visual_tokens(self, scale: int | None, image_size: tuple[int, int] | None = None) -> int:
         return self.rules.num_visual_tokens(self.resolve_scale(scale), image_size)
 
     def info(self) -> dict[str, Any]:
-        """The `matryoshka` block of the status and of `/v1/models`: grid, valid budgets, the default, ..."""
-        return self.rules.info()
+        """The `matryoshka` block of the status and of `/v1/models`: grid, valid budgets, the default, and the
+        policy "auto" stands for (None where this backend cannot run one)."""
+        return {**self.rules.info(), **({} if self.runs_policies else {"auto": None})}
 
     # -- requests ---------------------------------------------------------------------------------------
 
     async def prepare(
-        self, prompt: str, image_payloads: Sequence[str], scale: int | None, sampling: SamplingParams
+        self, prompt: str, image_payloads: Sequence[str], scale: int | AutoScale | None, sampling: SamplingParams
     ) -> PreparedRequest:
         """Decode the images and validate the request off the event loop; raises `RequestError`."""
-        if len(image_payloads) > self.rules.max_images:
-            raise RequestError(
-                400,
-                f"{len(image_payloads)} images in one request; this server accepts at most {self.rules.max_images}",
-            )
+        self._check_image_count(image_payloads)
         return await asyncio.to_thread(self._prepare, prompt, list(image_payloads), scale, sampling)
 
+    def _check_image_count(self, payloads: Sequence[str]) -> None:
+        if len(payloads) > self.rules.max_images:
+            raise RequestError(
+                400, f"{len(payloads)} images in one request; this server accepts at most {self.rules.max_images}"
+            )
+
     def _prepare(
-        self, prompt: str, payloads: list[str], scale: int | None, sampling: SamplingParams
+        self, prompt: str, payloads: list[str], scale: int | AutoScale | None, sampling: SamplingParams
     ) -> PreparedRequest:
-        self.resolve_scale(scale)  # a bad scale is reported before any image is decoded
-        images = [decode_image(payload, self.limits.image, self.image_layout) for payload in payloads]
-        return self.build_request(prompt, images, scale, sampling)
+        budget = self.resolve_budget(scale)  # a bad budget is reported before any image is decoded
+        return self.build_request(prompt, self._decode(payloads), budget, sampling)
+
+    def _decode(self, payloads: Sequence[str]) -> list[Image.Image]:
+        return [decode_image(payload, self.limits.image, self.image_layout) for payload in payloads]
+
+    async def compare_budgets(
+        self, prompt: str, image_payloads: Sequence[str], scales: Sequence[int] | None, sampling: SamplingParams
+    ) -> BudgetComparison:
+        """One prompt answered at each budget of `scales` (None: the trained ones) from one tower pass, with the
+        picture of what each sees; raises `RequestError` for what `prepare` refuses. Our own engine only."""
+        raise RequestError(
+            400,
+            f"comparing budgets needs our own engine (--backend hf), which answers every budget from one pass of "
+            f"the vision tower; this worker's --backend {self.name} answers one budget per request",
+        )
 
     def build_request(
-        self, prompt: str, images: list[Image.Image], scale: int | None, sampling: SamplingParams
+        self, prompt: str, images: list[Image.Image], scale: int | ScalePolicy, sampling: SamplingParams
     ) -> PreparedRequest:
         """The validated request with what this backend's engine takes: by default the images themselves."""
         return replace(self.rules.plan(prompt, [image.size for image in images], scale, sampling), images=images)
@@ -244,6 +278,8 @@ def rules_from_checkpoint(
     from llava.model.builder import add_image_tokens, context_length, load_image_processor, read_checkpoint_config
     from llava.model.tokenizer import load_tokenizer
 
+    stored = load_checkpoint_policy(model_path)
+    rules_kwargs.setdefault("scale_policy", stored.policy if stored is not None else None)
     source = read_checkpoint_config(model_path)
     if not source.is_llava:
         raise ValueError(
