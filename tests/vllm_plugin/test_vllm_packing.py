@@ -11,28 +11,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from vllm_helpers import SCALES, VLLM_MISSING, Reference, assert_same_as_reference, chat_prompt, engine, noise_image
+from vllm_helpers import (
+    VLLM_MISSING,
+    Reference,
+    assert_same_as_reference,
+    build_wide_projector_checkpoint,
+    chat_prompt,
+    engine,
+    noise_image,
+)
 
 from llava.model.cpu_packing import PACK_MIN_WEIGHTS
-from llava.testing import build_tiny_llava
 
 pytest.importorskip("vllm", reason=VLLM_MISSING)
 pytestmark = pytest.mark.slow
 
-# hidden 1024: the projector's second layer holds 1024² weights, over PACK_MIN_WEIGHTS; its first
-# (tower width × 1024) stays below and is left plain.
-WIDE_PROJECTOR = dict(
-    hidden_size=1024, intermediate_size=256, num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096
-)
-
 
 def test_projector_is_packed_and_tokens_match(tmp_path: Path, tiny_clip: Path) -> None:
-    checkpoint = build_tiny_llava(
-        tmp_path / "llava-v1.5-tiny-wide-m3",
-        vision_tower=tiny_clip,
-        matryoshka_vis_token_scale=SCALES,
-        **WIDE_PROJECTOR,
-    )
+    checkpoint = build_wide_projector_checkpoint(tmp_path, tiny_clip)
     assert 1024 * 1024 >= PACK_MIN_WEIGHTS
     with engine(checkpoint) as llm:
         layers = llm.apply_model(lambda model: [type(layer).__name__ for layer in model.mm_projector])[0]

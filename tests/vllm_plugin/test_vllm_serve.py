@@ -2,7 +2,9 @@
 
 A real server process (vLLM's OpenAI server, our plugin found through its entry point, our chat
 template), driven with the official `openai` client and plain HTTP. vLLM's server takes per-request
-`mm_processor_kwargs` only with `--trust-request-mm-kwargs`.
+`mm_processor_kwargs` only with `--trust-request-mm-kwargs`. The checkpoint's projector is wide enough
+to be packed for oneDNN, and the server runs as `vllm serve` does by default (engine core in its own
+process, compiled, not eager), so its start-up profiling runs the packed layers on that path.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from engine_helpers import vllm_server
-from vllm_helpers import VLLM_MISSING, Reference, build_pad_checkpoint, chat_prompt, noise_image
+from vllm_helpers import VLLM_MISSING, Reference, build_wide_projector_checkpoint, chat_prompt, noise_image
 
 pytest.importorskip("vllm", reason=VLLM_MISSING)
 pytestmark = pytest.mark.slow
@@ -22,13 +24,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_clip: Path) -> Path:
-    return build_pad_checkpoint(tmp_path_factory.mktemp("vllm-serve-ckpt"), tiny_clip)
+    return build_wide_projector_checkpoint(tmp_path_factory.mktemp("vllm-serve-ckpt"), tiny_clip)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> Iterator[str]:
     log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
-    with vllm_server(checkpoint, log, ["--served-model-name", "m3"]) as url:
+    with vllm_server(checkpoint, log, ["--served-model-name", "m3"], eager=False) as url:
         yield url
 
 

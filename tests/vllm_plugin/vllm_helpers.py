@@ -38,6 +38,15 @@ def build_pad_checkpoint(root: Path, tower: Path) -> Path:
     )
 
 
+def build_wide_projector_checkpoint(root: Path, tower: Path) -> Path:
+    """A pad checkpoint whose projector's second layer (1024 × 1024) is over `PACK_MIN_WEIGHTS`, so the
+    plugin serves it packed for oneDNN on the CPU; its first (tower width × 1024) stays plain."""
+    fields = dict(VLLM_MODEL_FIELDS, hidden_size=1024, num_attention_heads=8)
+    return build_tiny_llava(
+        root / "llava-v1.5-tiny-wide-m3", vision_tower=tower, matryoshka_vis_token_scale=SCALES, **fields
+    )
+
+
 def build_anyres_checkpoint(root: Path, tower: Path) -> Path:
     return build_tiny_llava(
         root / "anyres-m3",
