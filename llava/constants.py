@@ -17,3 +17,7 @@ DEFAULT_IMAGE_PATCH_TOKEN = "<im_patch>"
 DEFAULT_IM_START_TOKEN = "<im_start>"
 DEFAULT_IM_END_TOKEN = "<im_end>"
 IMAGE_PLACEHOLDER = "<image-placeholder>"
+
+MIN_SAMPLING_VALUE = 1e-5
+"""Smaller positive temperatures and top-p values vanish in float32 sampling (a division by zero, or an
+empty nucleus): they are read as greedy decoding and as top-1 sampling, as vLLM reads them."""

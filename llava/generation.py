@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_TOKEN,
+    IMAGE_PLACEHOLDER,
+    MIN_SAMPLING_VALUE,
+)
 from llava.conversation import get_conv_template, select_conv_mode, template_stop
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model.matryoshka import parse_scales
@@ -243,7 +249,8 @@ class SamplingParams:
 
 
 class PerRowSampling(LogitsProcessor):
-    """Temperature and top-p per batch row; greedy rows (temperature 0) keep only their argmax.
+    """Temperature and top-p per batch row; greedy rows (temperature 0, or below `MIN_SAMPLING_VALUE`)
+    keep only their argmax, and a top-p below it samples the top token only.
 
     Lets one `generate(do_sample=True)` call serve requests with different sampling settings. With beam
     search each row's settings apply to its `num_beams` consecutive rows.
@@ -253,9 +260,12 @@ class PerRowSampling(LogitsProcessor):
         def per_row(values: list[float | bool]) -> torch.Tensor:
             return torch.tensor(values).repeat_interleave(num_beams)
 
-        self.greedy = per_row([p.temperature <= 0 for p in params])
-        self.temperature = per_row([p.temperature if p.temperature > 0 else 1.0 for p in params])
-        self.top_p = per_row([p.top_p if p.temperature > 0 and p.top_p is not None else 1.0 for p in params])
+        greedy = [p.temperature < MIN_SAMPLING_VALUE for p in params]
+        self.greedy = per_row(greedy)
+        self.temperature = per_row([1.0 if g else p.temperature for p, g in zip(params, greedy)])
+        self.top_p = per_row(
+            [1.0 if g or p.top_p is None else max(p.top_p, MIN_SAMPLING_VALUE) for p, g in zip(params, greedy)]
+        )
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         device = scores.device

@@ -14,6 +14,7 @@ import httpx
 from pydantic import AfterValidator, Field, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
 from pydantic_core import PydanticCustomError
 
+from llava.constants import MIN_SAMPLING_VALUE
 from llava.scale_policy import AUTO, AutoScale
 from llava.serve.http import RequestModel, Text
 
@@ -73,10 +74,6 @@ def request_budget(value: int | str | None) -> int | AutoScale | None:
 
 
 ModelName = Annotated[Text, Field(min_length=1, max_length=256)]
-
-MIN_SAMPLING_VALUE = 1e-5
-"""Smaller positive temperatures and top-p values vanish in float32 sampling (a division by zero, or an
-empty nucleus): they are read as greedy decoding and as top-1 sampling, as vLLM reads them."""
 
 
 def _greedy_below_minimum(temperature: float) -> float:

@@ -137,6 +137,16 @@ def test_per_row_sampling_keeps_the_argmax_for_greedy_rows_and_the_nucleus_for_o
     torch.testing.assert_close(processed[1], scores[1] / 2)
 
 
+def test_per_row_sampling_reads_vanishing_temperatures_and_top_p_as_greedy_and_top_1() -> None:
+    """What a CLI or library caller can pass (the HTTP edge normalises these itself): no NaN reaches sampling."""
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.1, 0.6, 0.2, 0.1]]))
+    processed = PerRowSampling(
+        [SamplingParams(temperature=1e-45, top_p=0.9), SamplingParams(temperature=1.0, top_p=0.0)]
+    )(torch.zeros(2, 1, dtype=torch.long), scores)
+    assert not torch.isnan(processed).any()
+    assert torch.isfinite(processed).tolist() == [[True, False, False, False], [False, True, False, False]]
+
+
 def test_a_failed_batch_reports_an_error_and_the_engine_keeps_working(engine: InferenceEngine) -> None:
     broken = engine.prepare(PROMPT, [image()], 9, GREEDY)
     broken.pixel_values = [torch.zeros(3, 7, 7)]  # not the tower's input size: generate raises
