@@ -28,6 +28,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -197,9 +198,10 @@ class CheckpointRules:
         except (TypeError, ValueError) as e:
             raise RequestError(400, str(e), "matryoshka_vis_token_scale") from None
 
-    @property
+    @cached_property
     def auto_policy(self) -> ScalePolicy:
-        """The policy `auto` stands for: the checkpoint's calibrated one, else the uncalibrated default."""
+        """The policy `auto` stands for: the checkpoint's calibrated one, else the uncalibrated default
+        (said once per server, not on every request)."""
         if self.scale_policy is None:
             logger.warning(
                 "%s has no calibrated matryoshka_policy.json; 'auto' uses an uncalibrated threshold", self.model_name
