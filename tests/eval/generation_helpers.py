@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,20 @@ from llava.generation import Generator, PromptBatch
 
 # Aspect ratios differ on purpose: anyres checkpoints then give each image a different token count.
 IMAGE_SIZES = [(48, 48), (40, 56), (64, 32), (30, 45), (52, 44), (36, 36)]
+
+
+def script_env(tmp_path: Path, model: Path, **extra: str) -> dict[str, str]:
+    """The environment the evaluation scripts (scripts/v1_5/eval, scripts/video) read: a tiny checkpoint on
+    the CPU, outputs under `tmp_path`, three new tokens per answer; `extra` adds or replaces variables."""
+    return os.environ | {
+        "MODEL_PATH": str(model),
+        "EVAL_DIR": str(tmp_path / "eval"),
+        "RESULTS_DIR": str(tmp_path / "results"),
+        "PYTHON": sys.executable,
+        "DEVICE": "cpu",
+        "GEN_ARGS": "--num-workers 0 --max_new_tokens 3",
+        **extra,
+    }
 
 
 def write_images(folder: Path, count: int) -> list[str]:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from generation_helpers import read_jsonl, write_images, write_jsonl
+from generation_helpers import read_jsonl, script_env, write_images, write_jsonl
 
 from llava.eval import harness, prepare_textvqa, sweep
 from llava.eval.harness import HarnessError
@@ -45,15 +43,8 @@ def test_pope_script_two_chunks_two_scales_then_sweep(tmp_path: Path, tiny_llava
     for i, split in enumerate(splits):
         label = {"question_id": 1, "image": names[i % 2], "text": "Is there a dog?", "label": "yes" if i else "no"}
         write_jsonl(pope / "coco" / f"coco_pope_{split}.json", [label])
-    env = os.environ | {
-        "MODEL_PATH": str(tiny_llava_pad),
-        "EVAL_DIR": str(tmp_path / "eval"),
-        "RESULTS_DIR": str(tmp_path / "results"),
-        "PYTHON": sys.executable,
-        "DEVICE": "cpu",
-        "GEN_ARGS": "--num-workers 0 --max_new_tokens 3",
-        "CUDA_VISIBLE_DEVICES": "0,1",  # two chunks, answered by two processes, merged per scale
-    }
+    # Two chunks, answered by two processes, merged per scale.
+    env = script_env(tmp_path, tiny_llava_pad, CUDA_VISIBLE_DEVICES="0,1")
     subprocess.run(["bash", str(SCRIPTS / "pope.sh"), "9,576"], env=env, check=True, capture_output=True)
 
     answers = pope / "answers" / "llava-v1.5-tiny-m3"

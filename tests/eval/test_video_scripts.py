@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from generation_helpers import read_jsonl
+from generation_helpers import read_jsonl, script_env
 from video_helpers import choice_row, write_sheet
 
 from llava.eval import sweep
@@ -23,18 +21,6 @@ def test_one_script_per_benchmark_and_all_parse() -> None:
     assert sorted(p.stem for p in SCRIPTS.glob("*.sh")) == sorted(BENCHMARKS + ["common"])
     for script in SCRIPTS.glob("*.sh"):
         subprocess.run(["bash", "-n", str(script)], check=True)
-
-
-def script_env(tmp_path: Path, model: Path, **extra: str) -> dict[str, str]:
-    return os.environ | {
-        "MODEL_PATH": str(model),
-        "EVAL_DIR": str(tmp_path / "eval"),
-        "RESULTS_DIR": str(tmp_path / "results"),
-        "PYTHON": sys.executable,
-        "DEVICE": "cpu",
-        "GEN_ARGS": "--num-workers 0 --max_new_tokens 3",
-        **extra,
-    }
 
 
 @pytest.mark.slow
