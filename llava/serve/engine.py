@@ -231,7 +231,7 @@ class CheckpointRules:
     def info(self) -> dict[str, Any]:
         """What clients need to offer a budget choice: grid, valid and trained scales, the default, and the
         policy `auto` stands for (`calibrated` false: the default ladder with an uncalibrated threshold)."""
-        policy = self.scale_policy or default_policy(self.model)
+        policy = self.auto_policy
         return {
             "grid_side": self.grid_side,
             "valid_scales": self.valid_scales,
