@@ -140,14 +140,26 @@ def worker_command(backend: str, model_path: str, port: int, args: argparse.Name
     return [*command, "--device", args.device, "--limit-model-concurrency", str(batch)]
 
 
+def vllm_env() -> dict[str, str]:
+    """The vLLM settings of the worker's environment (this process's values where set)."""
+    defaults = {
+        # GiB: 16 requests of 650 tokens of the small preset take 2.2 (so none waits for cache space).
+        "VLLM_CPU_KVCACHE_SPACE": "4",
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        # One engine on the CPU: the model runs in the engine-core process. Otherwise vLLM's CPU platform
+        # runs it in a further process, and the two spin-wait for each other on shared memory, which took
+        # about a third of the CPU samples on the 2-core machine (docs/Serving.md).
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    }
+    return {name: os.environ.get(name, value) for name, value in defaults.items()}
+
+
 def start_worker(backend: str, model_path: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     """The worker in its own process (so the load generator does not share its GIL), up and answering."""
     port = find_free_port()
     command = worker_command(backend, model_path, port, args)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    # GiB: 16 requests of 650 tokens of the small preset take 2.2 (so none waits for cache space).
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    env.update(vllm_env())
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     process = subprocess.Popen(command, env=env)
@@ -338,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "torch_threads": args.threads,
         "cpu_count": os.cpu_count(),
         "vllm_flags": args.vllm_flags,
+        "vllm_env": vllm_env(),
         "command": shlex.join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
         "cells": [asdict(c) for c in cells],
         "ratios": ratios(cells),
