@@ -135,9 +135,9 @@ def worker_command(backend: str, model_path: str, port: int, args: argparse.Name
     command = [sys.executable, "-m", "llava.serve.model_worker", "--model-path", model_path, "--port", str(port)]
     command += ["--no-register", "--log-level", "warning", "--max-new-tokens-limit", str(max(args.new_tokens))]
     if backend == "vllm":
-        return [*command, "--backend", "vllm", "--dtype", "float32", "--seed", "0", *shlex.split(args.vllm_flags)]
+        return [*command, "--backend", "vllm", "--dtype", args.dtype, "--seed", "0", *shlex.split(args.vllm_flags)]
     batch = 1 if backend == "hf-serial" else args.concurrency
-    return [*command, "--device", args.device, "--limit-model-concurrency", str(batch)]
+    return [*command, "--device", args.device, "--dtype", args.dtype, "--limit-model-concurrency", str(batch)]
 
 
 def vllm_env() -> dict[str, str]:
@@ -321,8 +321,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight from the clients")
     parser.add_argument("--repeats", type=int, default=1, help="runs per cell; the fastest is reported")
     parser.add_argument(
-        "--vllm-flags", default="", help='vLLM engine flags besides --dtype float32, e.g. "--enforce-eager"'
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="every backend's dtype (the worker's --dtype)",
     )
+    parser.add_argument("--vllm-flags", default="", help='vLLM engine flags besides --dtype, e.g. "--enforce-eager"')
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument(
         "--torch-threads",
@@ -348,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "concurrency": args.concurrency,
         "repeats": args.repeats,
         "torch_threads": args.threads,
+        "dtype": args.dtype,
         "cpu_count": os.cpu_count(),
         "vllm_flags": args.vllm_flags,
         "vllm_env": vllm_env(),

@@ -342,9 +342,11 @@ class InferenceEngine(CheckpointRules):
         use_flash_attn: bool = False,
         torch_compile: bool = False,
         cpu_weight_prepack: bool | None = None,
+        dtype: str | torch.dtype = "auto",
         **engine_kwargs: Any,
     ) -> InferenceEngine:
-        """Load a checkpoint with `load_pretrained_model` and wrap it."""
+        """Load a checkpoint with `load_pretrained_model` and wrap it; `dtype` "auto" is the loader's default
+        (float32 on the CPU, float16 elsewhere)."""
         from llava.mm_utils import get_model_name_from_path
         from llava.model.builder import load_pretrained_model
         from llava.model.cpu_packing import prepare_for_inference
@@ -361,6 +363,7 @@ class InferenceEngine(CheckpointRules):
             device=device,
             use_flash_attn=use_flash_attn,
             torch_compile=torch_compile,
+            **({} if dtype == "auto" else {"dtype": dtype}),
         )
         prepare_for_inference(model, cpu_weight_prepack)
         return cls(tokenizer, model, image_processor, context_len, model_name, **engine_kwargs)
@@ -379,6 +382,7 @@ class InferenceEngine(CheckpointRules):
             use_flash_attn=args.use_flash_attn,
             torch_compile=args.torch_compile,
             cpu_weight_prepack=args.cpu_weight_prepack,
+            dtype=args.dtype,
             conv_mode=args.conv_mode,
             **engine_kwargs,
         )

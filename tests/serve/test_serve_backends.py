@@ -18,14 +18,19 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import torch
+from PIL import Image
 from serve_helpers import png_b64, start_controller, start_worker, wait_for
 
+from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import SeparatorStyle, conv_templates
-from llava.generation import ChatTurn, build_chat_prompt, build_prompt
+from llava.generation import ChatTurn, SamplingParams, build_chat_prompt, build_prompt
 from llava.serve import args as serve_args
 from llava.serve import model_worker, openai_api
 from llava.serve.backends import backend_from_args
 from llava.serve.backends.openai_engine import chat_messages, engine_refusal, read_chat
+from llava.serve.backends.vllm_engine import engine_flags
+from llava.serve.engine import GenerationChunk, InferenceEngine, Job
 from llava.serve.http import BackgroundServer, RequestError, find_free_port
 from llava.serve.service import service_from_args
 
@@ -45,6 +50,28 @@ def test_engine_flags_pass_through_to_vllm_only(capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         serve_args.parse_worker_args(["--model-path", "m", "--backend", "sglang"])
     assert "invalid choice: 'sglang'" in capsys.readouterr().err
+
+
+def test_dtype_is_a_flag_of_both_engines(tiny_llava_pad: Path) -> None:
+    base = ["--model-path", str(tiny_llava_pad), "--device", "cpu"]
+    vllm_argv = [*base, "--backend", "vllm", "--max-model-len", "64"]
+    forwarded = engine_flags(serve_args.parse_worker_args([*vllm_argv, "--dtype", "bfloat16"]))
+    assert forwarded == ["--dtype", "bfloat16", "--max-model-len", "64"]
+    assert engine_flags(serve_args.parse_worker_args(vllm_argv)) == ["--max-model-len", "64"]
+
+    engine = InferenceEngine.from_args(serve_args.parse_worker_args([*base, "--dtype", "bfloat16"]))
+    assert {param.dtype for param in engine.model.parameters()} == {torch.bfloat16}
+    chunks: list[GenerationChunk] = []
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=5)
+    prepared = engine.prepare(
+        f"USER: {DEFAULT_IMAGE_TOKEN}\n{QUESTION} ASSISTANT:", [Image.new("RGB", (60, 40))], 9, greedy
+    )
+    engine.run_batch([Job(prepared, chunks.append)])
+    assert chunks[-1].error is None and chunks[-1].finish_reason in ("stop", "length")
+    assert chunks[-1].visual_tokens == 9
+
+    with pytest.raises(SystemExit, match="--dtype bfloat16: the engine at --engine-url runs in the dtype"):
+        backend_from_args(serve_args.parse_worker_args([*base, "--backend", "openai", "--dtype", "bfloat16"]))
 
 
 @pytest.mark.parametrize("flag", ["--load-4bit", "--torch-compile", "--cpu-weight-prepack"])

@@ -34,6 +34,8 @@ def backend_from_args(args: argparse.Namespace) -> ServingBackend:
     given = [flag for name, flag in _HF_ONLY_FLAGS.items() if getattr(args, name) not in (None, False)]
     if given:
         raise SystemExit(f"{', '.join(given)}: only for --backend hf; --backend {args.backend} loads no weights here")
+    if args.backend == "openai" and args.dtype != "auto":
+        raise SystemExit(f"--dtype {args.dtype}: the engine at --engine-url runs in the dtype it was started with")
     if args.backend == "vllm":
         from llava.serve.backends.vllm_engine import VLLMBackend
 

@@ -5,8 +5,8 @@
 
 vLLM's async engine (`AsyncLLMEngine`) schedules every request itself: continuous batching, a paged KV
 cache, prefix caching, tensor and pipeline parallelism. Flags the worker does not know are vLLM engine
-flags, parsed by vLLM's own parser (`vllm serve --help` lists them); the engine's `--max-model-len` is
-the context the worker budgets requests against.
+flags, parsed by vLLM's own parser (`vllm serve --help` lists them), and so is the worker's `--dtype`;
+the engine's `--max-model-len` is the context the worker budgets requests against.
 
 The request contract is the worker's: requests are checked by the shared rules (backends/base.py)
 before the engine sees them, the prompt goes in as our own token ids with the plugin's image placeholder
@@ -38,6 +38,12 @@ from llava.serve.http import RequestError
 logger = logging.getLogger(__name__)
 
 
+def engine_flags(args: argparse.Namespace) -> list[str]:
+    """The vLLM engine flags of a worker command line: its `--dtype` (a flag of both engines; "auto" leaves
+    vLLM's own choice) and the flags the worker does not know."""
+    return [*([] if args.dtype == "auto" else ["--dtype", args.dtype]), *args.engine_args]
+
+
 def engine_args(model_path: str, flags: Sequence[str]) -> Any:
     """vLLM's `AsyncEngineArgs` for `model_path` from vLLM engine flags (`--tensor-parallel-size 2`, ...)."""
     with optional_dependency():
@@ -66,11 +72,12 @@ class VLLMBackend(EngineBackend):
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> VLLMBackend:
-        """Start the engine the flags describe (`--model-path` and the vLLM engine flags) and the worker's rules."""
+        """Start the engine the flags describe (`--model-path`, `--dtype` and the vLLM engine flags) and the worker's
+        rules."""
         with optional_dependency():
             from vllm import AsyncLLMEngine
 
-        engine = AsyncLLMEngine.from_engine_args(engine_args(args.model_path, args.engine_args))
+        engine = AsyncLLMEngine.from_engine_args(engine_args(args.model_path, engine_flags(args)))
         try:
             rules = rules_from_checkpoint(
                 args.model_path,
