@@ -39,6 +39,7 @@ import httpx
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import get_conv_template, template_stop
 from llava.generation import build_prompt
+from llava.serve.args import DTYPES
 from llava.serve.http import find_free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -322,7 +323,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="runs per cell; the fastest is reported")
     parser.add_argument(
         "--dtype",
-        choices=("float32", "bfloat16", "float16"),
+        choices=[dtype for dtype in DTYPES if dtype != "auto"],  # "auto" differs between the engines
         default="float32",
         help="every backend's dtype (the worker's --dtype)",
     )
